@@ -1,0 +1,207 @@
+// Package policy turns the results of the checks into one decision. It owns
+// the per-layer modes (reject, tempfail, flag, off, observe-only), the score
+// thresholds, the appeal text and the soft-bounce switch. Detecting is the
+// checks' job; deciding is this package's.
+package policy
+
+import (
+	"fmt"
+	"strings"
+
+	"moat.dev/moat/internal/verdict"
+)
+
+// Mode is how one layer's findings are used.
+type Mode string
+
+const (
+	ModeReject   Mode = "reject"   // hard verdicts are applied as given; scores count
+	ModeTempfail Mode = "tempfail" // hard rejections become 4xx; scores count
+	ModeFlag     Mode = "flag"     // hard verdicts become scores only; deliver/tag/quarantine by total
+	ModeOff      Mode = "off"      // the layer does not run
+)
+
+// Valid reports whether m is a known mode.
+func (m Mode) Valid() bool {
+	switch m {
+	case ModeReject, ModeTempfail, ModeFlag, ModeOff:
+		return true
+	}
+	return false
+}
+
+// Layer is the policy for one check.
+type Layer struct {
+	Mode    Mode `yaml:"mode"`
+	Observe bool `yaml:"observe"` // score and log what would happen, change nothing
+	// OnError says what an internal failure of the check (DNS down, scanner
+	// down) does: "tempfail" (default, the sender retries) or "ignore"
+	// (fail open, no score).
+	OnError string `yaml:"on_error"`
+	// FlagScore is the score a hard verdict contributes in flag mode when the
+	// check gave no symbol of its own.
+	FlagScore float64 `yaml:"flag_score"`
+}
+
+// Policy is the complete policy for one customer domain (or the site).
+type Policy struct {
+	Layers map[string]Layer `yaml:"layers"`
+	// Score thresholds, applied at the end of DATA. Reject also applies at
+	// RCPT for connection-stage scores (postscreen's dnsbl_threshold).
+	TagScore        float64 `yaml:"tag_score"`
+	QuarantineScore float64 `yaml:"quarantine_score"`
+	RejectScore     float64 `yaml:"reject_score"`
+	// Appeal is appended to every 5xx given by a check, e.g. a URL or an address.
+	Appeal string `yaml:"appeal"`
+}
+
+// Default returns the safe defaults: every layer in reject mode (hard
+// verdicts such as unknown users are applied), tag at 5, quarantine at 10,
+// reject at 15.
+func Default() *Policy {
+	return &Policy{Layers: map[string]Layer{}, TagScore: 5, QuarantineScore: 10, RejectScore: 15}
+}
+
+// Layer returns the policy of the named check, defaulting to reject mode
+// with errors answered by tempfail.
+func (p *Policy) Layer(name string) Layer {
+	l, ok := p.Layers[name]
+	if !ok {
+		l = Layer{Mode: ModeReject}
+	}
+	if l.Mode == "" {
+		l.Mode = ModeReject
+	}
+	if l.OnError == "" {
+		l.OnError = "tempfail"
+	}
+	return l
+}
+
+// Enabled reports whether the named check should run at all.
+func (p *Policy) Enabled(name string) bool { return p.Layer(name).Mode != ModeOff }
+
+// Validate checks modes and thresholds.
+func (p *Policy) Validate() error {
+	for name, l := range p.Layers {
+		if l.Mode != "" && !l.Mode.Valid() {
+			return fmt.Errorf("layers.%s.mode: %q is not one of reject, tempfail, flag, off", name, l.Mode)
+		}
+		if l.OnError != "" && l.OnError != "tempfail" && l.OnError != "ignore" {
+			return fmt.Errorf("layers.%s.on_error: %q is not one of tempfail, ignore", name, l.OnError)
+		}
+	}
+	if !(p.TagScore <= p.QuarantineScore && p.QuarantineScore <= p.RejectScore) {
+		return fmt.Errorf("thresholds: need tag_score <= quarantine_score <= reject_score, have %v, %v, %v",
+			p.TagScore, p.QuarantineScore, p.RejectScore)
+	}
+	return nil
+}
+
+// Stage says which thresholds apply.
+type Stage int
+
+const (
+	Envelope Stage = iota // connect, HELO, MAIL, RCPT: hard verdicts and the reject threshold
+	Content               // end of DATA: every threshold
+)
+
+// Decision is the policy's answer.
+type Decision struct {
+	Action   verdict.Action
+	Reply    verdict.Reply // meaningful for TempFail, Reject, Drop (and Quarantine when refused)
+	Score    float64
+	Reason   string           // internal: which check or threshold decided
+	Counted  []verdict.Symbol // symbols that counted toward Score
+	Observed []string         // what observe-only layers would have done
+}
+
+var (
+	replyTempfail = verdict.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "Temporary local problem, please try again later"}
+	replySpam     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message refused by policy"}
+)
+
+// Decide merges results into one decision. Results of checks in observe
+// mode are reported in Observed and otherwise ignored.
+func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
+	d := Decision{Action: verdict.NoOpinion}
+	var hard *verdict.Verdict
+	var hardFrom string
+	for _, res := range results {
+		l := p.Layer(res.Check)
+		if l.Mode == ModeOff {
+			continue
+		}
+		var score float64
+		for _, s := range res.Symbols {
+			score += s.Score
+		}
+		var h *verdict.Verdict
+		if res.Err != nil && l.OnError == "tempfail" {
+			h = &verdict.Verdict{Action: verdict.TempFail, Reply: replyTempfail, Reason: res.Check + ": " + res.Err.Error()}
+		} else if res.Hard != nil {
+			v := *res.Hard
+			h = &v
+		}
+		if h != nil {
+			switch l.Mode {
+			case ModeTempfail:
+				if h.Action == verdict.Reject || h.Action == verdict.Drop {
+					h.Action = verdict.TempFail
+					h.Reply = toTemp(h.Reply)
+				}
+			case ModeFlag:
+				if h.Action >= verdict.TempFail && res.Err == nil {
+					if len(res.Symbols) == 0 {
+						score += l.FlagScore
+						res.Symbols = append(res.Symbols, verdict.Symbol{Name: strings.ToUpper(res.Check) + "_FLAG", Score: l.FlagScore, Detail: h.Reason})
+					}
+					h = nil
+				}
+			}
+		}
+		if l.Observe {
+			what := fmt.Sprintf("%s: score %s", res.Check, verdict.FormatScore(score))
+			if h != nil {
+				what += " action " + h.Action.String() + " (" + h.Reason + ")"
+			}
+			d.Observed = append(d.Observed, what)
+			continue
+		}
+		d.Score += score
+		d.Counted = append(d.Counted, res.Symbols...)
+		if h != nil && (hard == nil || h.Action > hard.Action) {
+			hard, hardFrom = h, res.Check
+		}
+	}
+	if hard != nil && hard.Action >= verdict.Quarantine {
+		d.Action, d.Reply, d.Reason = hard.Action, hard.Reply, hardFrom+": "+hard.Reason
+	} else {
+		switch {
+		case d.Score >= p.RejectScore:
+			d.Action, d.Reply = verdict.Reject, replySpam
+			d.Reason = fmt.Sprintf("score %s >= reject %s", verdict.FormatScore(d.Score), verdict.FormatScore(p.RejectScore))
+		case stage == Content && d.Score >= p.QuarantineScore:
+			d.Action, d.Reason = verdict.Quarantine, fmt.Sprintf("score %s >= quarantine %s", verdict.FormatScore(d.Score), verdict.FormatScore(p.QuarantineScore))
+		case stage == Content && d.Score >= p.TagScore:
+			d.Action, d.Reason = verdict.Tag, fmt.Sprintf("score %s >= tag %s", verdict.FormatScore(d.Score), verdict.FormatScore(p.TagScore))
+		case hard != nil:
+			d.Action, d.Reply, d.Reason = hard.Action, hard.Reply, hardFrom+": "+hard.Reason
+		}
+	}
+	if d.Reply.Code/100 == 5 && p.Appeal != "" && !strings.Contains(d.Reply.Text, p.Appeal) {
+		d.Reply.Text += "; if this is an error contact " + p.Appeal
+	}
+	return d
+}
+
+func toTemp(r verdict.Reply) verdict.Reply {
+	if r.Code/100 == 5 {
+		r.Code -= 100
+		r.Enhanced[0] = 4
+	}
+	return r
+}
+
+// SoftBounce turns a 5xx reply into the matching 4xx (Postfix soft_bounce).
+func SoftBounce(r verdict.Reply) verdict.Reply { return toTemp(r) }
