@@ -1,0 +1,308 @@
+// Package sqlstore implements store.Store over database/sql for the embedded
+// SQLite database (modernc.org/sqlite, pure Go) and for PostgreSQL (pgx).
+// Both use the same SQL, written with ? placeholders and rebound for
+// PostgreSQL, and the same numbered migrations embedded in the binary.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+
+	"moat.dev/moat/internal/store"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// DB is a store.Store over a SQL database.
+type DB struct {
+	db     *sql.DB
+	driver string
+}
+
+var _ store.Store = (*DB)(nil)
+
+// OpenSQLite opens (creating if needed) the embedded database at path and
+// migrates it.
+func OpenSQLite(ctx context.Context, path string) (*DB, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return open(ctx, db, "sqlite")
+}
+
+// OpenPostgres connects to PostgreSQL with a pgx DSN
+// ("postgres://user:pass@host/db") and migrates it.
+func OpenPostgres(ctx context.Context, dsn string) (*DB, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(20)
+	return open(ctx, db, "postgres")
+}
+
+// Open opens the store named by driver ("sqlite" with a path, or
+// "postgres" with a DSN).
+func Open(ctx context.Context, driver, dsn string) (*DB, error) {
+	switch driver {
+	case "", "sqlite":
+		return OpenSQLite(ctx, dsn)
+	case "postgres":
+		return OpenPostgres(ctx, dsn)
+	}
+	return nil, fmt.Errorf("store: unknown driver %q (want sqlite or postgres)", driver)
+}
+
+func open(ctx context.Context, db *sql.DB, driver string) (*DB, error) {
+	s := &DB{db: db, driver: driver}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: connect %s: %w", driver, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Rebind rewrites ? placeholders to $1, $2, ... for PostgreSQL.
+func Rebind(driver, q string) string {
+	if driver != "postgres" {
+		return q
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range q {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func (s *DB) q(query string) string { return Rebind(s.driver, query) }
+
+// migrate applies the embedded migrations not yet applied, each in its own
+// transaction, recording them in schema_migrations.
+func (s *DB) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)`); err != nil {
+		return fmt.Errorf("store: migrations table: %w", err)
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		base := filepath.Base(name)
+		v, err := strconv.Atoi(strings.SplitN(base, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("store: migration %s: bad name", base)
+		}
+		var n int
+		if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
+			return fmt.Errorf("store: migration %s: %w", base, err)
+		}
+		if n > 0 {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		for _, stmt := range strings.Split(string(body), ";") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("store: migration %s: %w", base, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`), v, base); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("store: migration %s: %w", base, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("store: migration %s: %w", base, err)
+		}
+	}
+	return nil
+}
+
+func (s *DB) DB() *sql.DB    { return s.db }
+func (s *DB) Driver() string { return s.driver }
+func (s *DB) Close() error   { return s.db.Close() }
+
+func normDomain(name string) string { return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), ".")) }
+
+const domainCols = `name, partner, backends, tls, max_conns, recipient_mode, catch_all, policy`
+
+func scanDomain(sc interface{ Scan(...any) error }) (*store.Domain, error) {
+	var d store.Domain
+	var backends string
+	var catchAll int
+	if err := sc.Scan(&d.Name, &d.Partner, &backends, &d.TLS, &d.MaxConns, &d.RecipientMode, &catchAll, &d.Policy); err != nil {
+		return nil, err
+	}
+	d.CatchAll = catchAll != 0
+	if err := json.Unmarshal([]byte(backends), &d.Backends); err != nil {
+		return nil, fmt.Errorf("store: domain %s: backends: %w", d.Name, err)
+	}
+	return &d, nil
+}
+
+func (s *DB) Domain(ctx context.Context, name string) (*store.Domain, error) {
+	row := s.db.QueryRowContext(ctx, s.q(`SELECT `+domainCols+` FROM domains WHERE name = ?`), normDomain(name))
+	d, err := scanDomain(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, store.ErrNotFound
+	}
+	return d, err
+}
+
+func (s *DB) Domains(ctx context.Context) ([]store.Domain, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+domainCols+` FROM domains ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Domain
+	for rows.Next() {
+		d, err := scanDomain(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *d)
+	}
+	return out, rows.Err()
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (s *DB) PutDomain(ctx context.Context, d *store.Domain) error {
+	name := normDomain(d.Name)
+	if name == "" {
+		return errors.New("store: domain name is empty")
+	}
+	backends, err := json.Marshal(d.Backends)
+	if err != nil {
+		return err
+	}
+	if d.Backends == nil {
+		backends = []byte("[]")
+	}
+	tls := d.TLS
+	if tls == "" {
+		tls = "opportunistic"
+	}
+	mode := d.RecipientMode
+	if mode == "" {
+		mode = store.RecipientsAny
+	}
+	_, err = s.db.ExecContext(ctx, s.q(`INSERT INTO domains (`+domainCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET partner = excluded.partner, backends = excluded.backends, tls = excluded.tls,
+		max_conns = excluded.max_conns, recipient_mode = excluded.recipient_mode, catch_all = excluded.catch_all, policy = excluded.policy`),
+		name, d.Partner, string(backends), tls, d.MaxConns, mode, b2i(d.CatchAll), d.Policy)
+	return err
+}
+
+func (s *DB) DeleteDomain(ctx context.Context, name string) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM recipients WHERE domain = ?`), normDomain(name)); err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, s.q(`DELETE FROM domains WHERE name = ?`), normDomain(name))
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return store.ErrNotFound
+	}
+	return tx.Commit()
+}
+
+func (s *DB) RecipientExists(ctx context.Context, domain, local string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM recipients WHERE domain = ? AND local = ?`),
+		normDomain(domain), strings.ToLower(local)).Scan(&n)
+	return n > 0, err
+}
+
+func (s *DB) Recipients(ctx context.Context, domain string) ([]store.Recipient, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT domain, local, kind, target FROM recipients WHERE domain = ? ORDER BY local`), normDomain(domain))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Recipient
+	for rows.Next() {
+		var r store.Recipient
+		if err := rows.Scan(&r.Domain, &r.Local, &r.Kind, &r.Target); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+func (s *DB) PutRecipient(ctx context.Context, r store.Recipient) error {
+	if r.Local == "" {
+		return errors.New("store: recipient local part is empty")
+	}
+	kind := r.Kind
+	if kind == "" {
+		kind = "account"
+	}
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO recipients (domain, local, kind, target) VALUES (?, ?, ?, ?)
+		ON CONFLICT (domain, local) DO UPDATE SET kind = excluded.kind, target = excluded.target`),
+		normDomain(r.Domain), strings.ToLower(r.Local), kind, r.Target)
+	return err
+}
+
+func (s *DB) DeleteRecipient(ctx context.Context, domain, local string) error {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM recipients WHERE domain = ? AND local = ?`), normDomain(domain), strings.ToLower(local))
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return store.ErrNotFound
+	}
+	return nil
+}
