@@ -1,0 +1,87 @@
+package passmark
+
+import (
+	"bytes"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const msg = "From: a@sender.example\r\nTo: bob@example.com\r\nSubject: hello\r\nMessage-ID: <1@x>\r\n\r\nHello Bob.\r\n\r\nBye.\r\n"
+
+func mark(t *testing.T, secret []byte, raw string, rcpts []string, at time.Time) string {
+	t.Helper()
+	d, err := Digest(strings.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Field + ": " + Sign(secret, Mark{Domain: "example.com", ID: "Q1", Time: at, Rcpts: rcpts, Digest: d}) + "\r\n"
+}
+
+func TestVerify(t *testing.T) {
+	master := []byte("0123456789abcdef0123456789abcdef")
+	secret := DomainSecret(master, "example.com")
+	now := time.Now()
+	good := mark(t, secret, msg, []string{"bob@example.com", "carol@example.com"}, now) + msg
+
+	cases := []struct {
+		name  string
+		raw   string
+		rcpts []string
+		key   []byte
+		want  error
+	}{
+		{"genuine", good, []string{"bob@example.com"}, secret, nil},
+		{"genuine both rcpts, case-insensitive", good, []string{"BOB@example.com", "carol@example.com"}, secret, nil},
+		{"missing", msg, []string{"bob@example.com"}, secret, ErrMissing},
+		{"replayed to another recipient", good, []string{"mallory@example.com"}, secret, ErrRecipient},
+		{"altered body", strings.Replace(good, "Hello Bob", "Hello Rob", 1), []string{"bob@example.com"}, secret, ErrAltered},
+		{"altered subject", strings.Replace(good, "Subject: hello", "Subject: win", 1), []string{"bob@example.com"}, secret, ErrAltered},
+		{"other domain's key", good, []string{"bob@example.com"}, DomainSecret(master, "other.example"), ErrForged},
+		{"forged signature", strings.Replace(good, "id=Q1", "id=Q2", 1), []string{"bob@example.com"}, secret, ErrForged},
+		{"expired", mark(t, secret, msg, []string{"bob@example.com"}, now.Add(-8*24*time.Hour)) + msg, []string{"bob@example.com"}, secret, ErrExpired},
+		{"garbage", Field + ": v=1; nonsense\r\n" + msg, []string{"bob@example.com"}, secret, ErrMalformed},
+		{"no recipient given", good, nil, secret, ErrRecipient},
+	}
+	for _, c := range cases {
+		_, err := VerifyMessage(c.key, []byte(c.raw), c.rcpts, Options{})
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
+		}
+	}
+}
+
+func TestDigestToleratesLineEndingsAndTrailingBlankLines(t *testing.T) {
+	a, _ := Digest(strings.NewReader(msg))
+	b, _ := Digest(strings.NewReader(strings.ReplaceAll(msg, "\r\n", "\n") + "\n\n"))
+	if !bytes.Equal(a, b) {
+		t.Fatal("CRLF/LF or trailing blank lines change the digest")
+	}
+	c, _ := Digest(strings.NewReader(strings.Replace(msg, "Bye.", "Bye!", 1)))
+	if bytes.Equal(a, c) {
+		t.Fatal("body change does not change the digest")
+	}
+}
+
+func TestMasterKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k", "pass.key")
+	k1, err := LoadOrCreateMaster(path)
+	if err != nil || len(k1) != 32 {
+		t.Fatal(err, len(k1))
+	}
+	k2, err := LoadOrCreateMaster(path)
+	if err != nil || !bytes.Equal(k1, k2) {
+		t.Fatal("key not kept across starts", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add("v=1; d=example.com; id=Q; t=1; r=abc; bh=AAAA; s=AAAA")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		Parse(s)
+		VerifyMessage([]byte("k"), []byte(Field+": "+s+"\r\n\r\nbody"), []string{"a@b"}, Options{})
+	})
+}
