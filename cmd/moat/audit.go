@@ -1,18 +1,302 @@
 package main
 
-import "fmt"
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"moat.dev/moat/internal/audit"
+	"moat.dev/moat/internal/lockdown"
+	"moat.dev/moat/internal/milter"
+	"moat.dev/moat/internal/passmark"
+)
+
+// leakageConfig is what audit, lockdown and milter need from the main
+// configuration file.
+type leakageConfig struct {
+	Audit    audit.Config
+	Lockdown lockdown.Config
+	Milter   milter.Config
+	// Secret returns a domain's pass-mark secret (nil: not a Moat domain).
+	Secret func(domain string) []byte
+}
+
+// loadLeakageConfig reads --config FILE into a leakageConfig. TODO(lead): fill this
+// in once config.Load exists (gateway hosts, routes from the store,
+// neighbour domains, passmark.DomainSecret(master, domain)); flags given on
+// the command line override the file.
+var loadLeakageConfig func(path string) (*leakageConfig, error)
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+
+func fromFile(path string) (*leakageConfig, error) {
+	if path == "" {
+		return &leakageConfig{Audit: audit.DefaultConfig(), Lockdown: lockdown.DefaultConfig(), Milter: milter.DefaultConfig()}, nil
+	}
+	if loadLeakageConfig == nil {
+		return nil, fmt.Errorf("--config is not supported yet; use flags")
+	}
+	return loadLeakageConfig(path)
+}
 
 func cmdAudit(args []string) int {
-	fmt.Println("not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	var gwHosts, gwIPs, backends, neighbours multiFlag
+	cfgPath := fs.String("config", "", "configuration file")
+	fs.Var(&gwHosts, "gateway-host", "Moat's MX host name (repeatable)")
+	fs.Var(&gwIPs, "gateway-ip", "Moat's address or CIDR (repeatable)")
+	fs.Var(&backends, "backend", "the domains' backend host:port (repeatable; applies to every domain given)")
+	fs.Var(&neighbours, "neighbour-domain", "another domain on the same backend, not routed through Moat (repeatable)")
+	resolver := fs.String("resolver", "", "DNS server host:port (default: /etc/resolv.conf)")
+	probe := fs.Bool("probe", false, "connect to candidate backends over SMTP (never sends DATA unless --send-canary)")
+	canary := fs.Bool("send-canary", false, "with --probe: send a labelled canary message without a valid pass mark")
+	rcpt := fs.String("rcpt", "", "a real recipient to probe with (default postmaster@DOMAIN)")
+	smtpPort := fs.Int("smtp-port", 25, "the port probed as the SMTP port")
+	sourceIP := fs.String("source-ip", "", "local address to probe from (must not be one of Moat's)")
+	timeout := fs.Duration("timeout", 10*time.Second, "timeout of each DNS query and probe step")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: moat audit [options] DOMAIN...\nexit status: 0 clean, 1 findings, 2 the audit could not run")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	lc, err := fromFile(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat audit:", err)
+		return 2
+	}
+	cfg := lc.Audit
+	cfg.Gateway.Hostnames = append(cfg.Gateway.Hostnames, gwHosts...)
+	cfg.Gateway.Addresses = append(cfg.Gateway.Addresses, gwIPs...)
+	cfg.NeighbourDomains = append(cfg.NeighbourDomains, neighbours...)
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["resolver"] {
+		cfg.Resolver = *resolver
+	}
+	if set["probe"] {
+		cfg.Probe = *probe
+	}
+	if set["send-canary"] {
+		cfg.SendCanary = *canary
+	}
+	if set["smtp-port"] {
+		cfg.SMTPPort = *smtpPort
+	}
+	if set["source-ip"] {
+		cfg.SourceAddress = *sourceIP
+	}
+	if set["timeout"] {
+		cfg.Timeout = *timeout
+	}
+	if len(backends) > 0 || *rcpt != "" {
+		if cfg.Routes == nil {
+			cfg.Routes = map[string]audit.Route{}
+		}
+		var bs []audit.Backend
+		for _, b := range backends {
+			host, port, err := splitHostPort(b, 25)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "moat audit: --backend %q: %v\n", b, err)
+				return 2
+			}
+			bs = append(bs, audit.Backend{Host: host, Port: port})
+		}
+		for _, d := range fs.Args() {
+			d = strings.ToLower(strings.TrimSuffix(d, "."))
+			r := cfg.Routes[d]
+			r.Backends = append(r.Backends, bs...)
+			if *rcpt != "" {
+				r.Rcpt = *rcpt
+			}
+			cfg.Routes[d] = r
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := audit.Run(ctx, cfg, fs.Args())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat audit:", err)
+		return 2
+	}
+	if *asJSON {
+		err = rep.WriteJSON(os.Stdout)
+	} else {
+		err = rep.WriteText(os.Stdout, isTerminal(os.Stdout) && os.Getenv("NO_COLOR") == "")
+	}
+	if err != nil {
+		return 2
+	}
+	return rep.ExitCode()
+}
+
+func splitHostPort(s string, def int) (string, int, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.String(), def, nil
+	}
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return s, def, nil // a bare host name
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", p)
+	}
+	return host, port, nil
 }
 
 func cmdLockdown(args []string) int {
-	fmt.Println("not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("lockdown", flag.ContinueOnError)
+	var gwIPs, backends, allow multiFlag
+	cfgPath := fs.String("config", "", "configuration file")
+	format := fs.String("format", "nftables", "nftables|iptables|ip6tables|postfix|exim")
+	fs.Var(&gwIPs, "gateway-ip", "Moat's address or CIDR (repeatable)")
+	fs.Var(&backends, "backend", "backend host:port; its port is locked too (repeatable)")
+	fs.Var(&allow, "allow", "extra allowed client address or CIDR (repeatable)")
+	noLoopback := fs.Bool("no-loopback", false, "do not exempt the loopback interface")
+	milterAddr := fs.String("milter", "", "milter address for the postfix output (default inet:127.0.0.1:8891)")
+	domain := fs.String("domain", "", "domain name for the comments")
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: moat lockdown --format F --gateway-ip IP... [--backend host:port]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return 2
+	}
+	lc, err := fromFile(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat lockdown:", err)
+		return 2
+	}
+	cfg := lc.Lockdown
+	cfg.Gateway = append(cfg.Gateway, gwIPs...)
+	cfg.Allow = append(cfg.Allow, allow...)
+	for _, b := range backends {
+		_, port, err := splitHostPort(b, 25)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "moat lockdown: --backend %q: %v\n", b, err)
+			return 2
+		}
+		cfg.Ports = append(cfg.Ports, port)
+	}
+	if *noLoopback {
+		cfg.AllowLoopback = false
+	}
+	if *milterAddr != "" {
+		cfg.Milter = *milterAddr
+	}
+	cfg.Domain = *domain
+	if err := lockdown.Generate(os.Stdout, lockdown.Format(*format), cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "moat lockdown:", err)
+		return 2
+	}
+	return 0
 }
 
+// readSecret reads a domain's pass-mark secret file: hex, as printed by
+// `moat pass-secret DOMAIN`.
+func readSecret(path string) ([]byte, error) { return passmark.ReadKeyFile(path) }
+
 func cmdMilter(args []string) int {
-	fmt.Println("not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("milter", flag.ContinueOnError)
+	var domains, secretFiles, trusted multiFlag
+	cfgPath := fs.String("config", "", "configuration file")
+	listen := fs.String("listen", "", "milter socket host:port or unix:/path (default 127.0.0.1:8891)")
+	fs.Var(&domains, "domain", "protected domain (repeatable, paired with --secret-file in order)")
+	fs.Var(&secretFiles, "secret-file", "file with the domain's pass-mark secret (moat pass-secret)")
+	fs.Var(&trusted, "trusted", "trusted client CIDR, replaces the default loopback set (repeatable)")
+	reportURL := fs.String("report-url", "", "Moat's bypass report URL")
+	strip := fs.Bool("strip", false, "remove the pass mark from verified messages")
+	observe := fs.Bool("observe-only", false, "accept unmarked messages (still reported)")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	lc, err := fromFile(*cfgPath)
+	if err != nil {
+		log.Error("moat milter", "err", err)
+		return 2
+	}
+	cfg := lc.Milter
+	if *listen != "" {
+		cfg.Listen = *listen
+	}
+	if len(trusted) > 0 {
+		cfg.Trusted = trusted
+	}
+	if *reportURL != "" {
+		cfg.ReportURL = *reportURL
+	}
+	cfg.StripMark = cfg.StripMark || *strip
+	cfg.ObserveOnly = cfg.ObserveOnly || *observe
+	if len(domains) != len(secretFiles) {
+		log.Error("each --domain needs its --secret-file")
+		return 2
+	}
+	secrets := map[string][]byte{}
+	for i, d := range domains {
+		s, err := readSecret(secretFiles[i])
+		if err != nil {
+			log.Error("reading secret", "domain", d, "err", err)
+			return 2
+		}
+		secrets[strings.ToLower(strings.TrimSuffix(d, "."))] = s
+	}
+	secretOf := func(d string) []byte {
+		if s, ok := secrets[d]; ok {
+			return s
+		}
+		if lc.Secret != nil {
+			return lc.Secret(d)
+		}
+		return nil
+	}
+	if len(secrets) == 0 && lc.Secret == nil {
+		log.Error("no protected domain: give --domain and --secret-file")
+		return 2
+	}
+	f, err := milter.New(cfg, secretOf, log, prometheus.NewRegistry())
+	if err != nil {
+		log.Error("moat milter", "err", err)
+		return 2
+	}
+	if err := f.Start(); err != nil {
+		log.Error("moat milter: listen", "err", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.Shutdown(sctx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	return 0
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -1,18 +1,270 @@
 package main
 
-import "fmt"
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"moat.dev/moat/internal/check/bayes"
+	"moat.dev/moat/internal/classify"
+	"moat.dev/moat/internal/message"
+)
+
+// defaultClassifierDB is where moat learn/classify keep the model when no
+// --db is given (the same SQLite file the store uses by default).
+const defaultClassifierDB = "/var/lib/moat/moat.db"
+
+func classifierDB() string {
+	if v := os.Getenv("MOAT_DB"); v != "" {
+		return v
+	}
+	return defaultClassifierDB
+}
+
+func openClassifier(ctx context.Context, path, algorithm string) (*classify.Classifier, func(), error) {
+	cfg := classify.DefaultConfig()
+	if algorithm != "" {
+		cfg.Algorithm = algorithm
+	}
+	return openClassifierMode(ctx, path, cfg)
+}
 
 func cmdLearn(args []string) int {
-	fmt.Println("not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("learn", flag.ContinueOnError)
+	spam := fs.String("spam", "", "learn PATH (file, Maildir, mbox, .tar.gz) as spam")
+	ham := fs.String("ham", "", "learn PATH as ham")
+	fromPath := fs.String("label-from-path", "", "learn PATH, labelling by ham/ and spam/ path components")
+	mode := fs.String("mode", "everything", "everything | on-error (learn only what the model gets wrong or is unsure of)")
+	dbPath := fs.String("db", classifierDB(), "SQLite database holding the model ($MOAT_DB)")
+	user := fs.String("user", "", "learn into this user's personal model instead of the site model")
+	alg := fs.String("classifier", "", "logreg | chi2 (default: logreg)")
+	quiet := fs.Bool("q", false, "print only the summary")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	n := 0
+	for _, s := range []string{*spam, *ham, *fromPath} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 || fs.NArg() != 0 {
+		fmt.Fprintln(os.Stderr, "usage: moat learn --spam|--ham|--label-from-path PATH [--mode everything|on-error] [--db FILE] [--user ADDR]")
+		return 2
+	}
+	if *mode != "everything" && *mode != "on-error" {
+		fmt.Fprintln(os.Stderr, "moat learn: --mode must be everything or on-error")
+		return 2
+	}
+	ctx := context.Background()
+	cfg := classify.DefaultConfig()
+	if *alg != "" {
+		cfg.Algorithm = *alg
+	}
+	cfg.TrainMode = *mode
+	c, closeDB, err := openClassifierMode(ctx, *dbPath, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat learn:", err)
+		return 1
+	}
+	defer closeDB()
+	path, fixed := *fromPath, classify.Unknown
+	switch {
+	case *spam != "":
+		path, fixed = *spam, classify.Spam
+	case *ham != "":
+		path, fixed = *ham, classify.Ham
+	}
+	counts := map[classify.LearnOutcome]int{}
+	lim := message.DefaultLimits()
+	t0 := time.Now()
+	total := 0
+	err = classify.ReadSource(path, func(it classify.Item) error {
+		label := fixed
+		if label == classify.Unknown {
+			label = it.Label
+			if label == classify.Unknown {
+				fmt.Fprintf(os.Stderr, "skip %s: no ham/ or spam/ in its path\n", it.Name)
+				return nil
+			}
+		}
+		m := message.ParseBytes(it.Data, lim)
+		out, err := c.Learn(ctx, *user, m, label)
+		if err != nil {
+			return fmt.Errorf("%s: %w", it.Name, err)
+		}
+		counts[out]++
+		total++
+		if !*quiet {
+			fmt.Printf("%s\t%s\t%s\n", it.Name, label, out)
+		}
+		return nil
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat learn:", err)
+		return 1
+	}
+	t, _ := c.Totals(ctx, *user)
+	fmt.Printf("%d messages in %.1fs: %d learned, %d moved, %d already known, %d skipped; model now has %d ham, %d spam\n",
+		total, time.Since(t0).Seconds(), counts[classify.Learned], counts[classify.Moved], counts[classify.AlreadyKnown], counts[classify.Skipped], t.Ham, t.Spam)
+	return 0
+}
+
+func openClassifierMode(ctx context.Context, path string, cfg classify.Config) (*classify.Classifier, func(), error) {
+	db, err := classify.OpenSQLite(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	if err := classify.Migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	c, err := classify.New(cfg, classify.NewSQLStore(db))
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return c, func() { db.Close() }, nil
 }
 
 func cmdClassify(args []string) int {
-	fmt.Println("not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("classify", flag.ContinueOnError)
+	explain := fs.Bool("explain", false, "list the ten features that pushed the score most")
+	dbPath := fs.String("db", classifierDB(), "SQLite database holding the model ($MOAT_DB)")
+	user := fs.String("user", "", "score with this user's model (falls back to the site model)")
+	alg := fs.String("classifier", "", "logreg | chi2 (default: logreg)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx := context.Background()
+	c, closeDB, err := openClassifier(ctx, *dbPath, *alg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat classify:", err)
+		return 1
+	}
+	defer closeDB()
+	m, err := message.Parse(io.LimitReader(bufio.NewReader(os.Stdin), 64<<20), message.DefaultLimits())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat classify:", err)
+		return 1
+	}
+	r, err := c.Classify(ctx, *user, m, *explain)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat classify:", err)
+		return 1
+	}
+	sym := bayes.Symbol(r.Prob)
+	verdictText := "ham"
+	if c.Spam(r) {
+		verdictText = "spam"
+	}
+	if !r.Trained {
+		verdictText += " (model not trained yet: the check stays silent)"
+		sym.Score = 0
+	}
+	fmt.Printf("probability: %.4f\n", r.Prob)
+	fmt.Printf("points:      %s (%s)\n", signed(sym.Score), sym.Name)
+	fmt.Printf("verdict:     %s\n", verdictText)
+	fmt.Printf("model:       %s (%d ham, %d spam learned)\n", r.Scope, r.Ham, r.Spam)
+	if len(m.Malformed) > 0 {
+		fmt.Printf("malformed:   %s\n", strings.Join(m.Malformed, ", "))
+	}
+	if *explain {
+		fmt.Println("strongest features (positive = spam):")
+		for _, t := range r.Top {
+			fmt.Printf("  %+8.3f  %s\n", t.Value, t.Feature)
+		}
+	}
+	return 0
 }
 
+func signed(f float64) string { return fmt.Sprintf("%+.2f", f) }
+
 func cmdEval(args []string) int {
-	fmt.Println("not implemented yet")
-	return 2
+	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
+	corpus := fs.String("corpus", "", "labelled corpus: .tar.gz (ham/, spam/ members), or a directory")
+	seed := fs.Uint64("seed", 1, "seed of the online order (see docs/classifier.md)")
+	alg := fs.String("classifier", "logreg", "logreg | chi2")
+	split := fs.Bool("split", false, "train on the first 50% of the order, test on the rest (instead of online)")
+	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's)")
+	lr := fs.Float64("learning-rate", 0, "logreg learning rate (default: the classifier's)")
+	mode := fs.String("mode", "everything", "everything | on-error")
+	order := fs.Bool("print-order", false, "print the evaluation order (label TAB member) and exit")
+	scores := fs.String("scores", "", "write per-message scores (member TAB label TAB probability) to FILE")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *corpus == "" {
+		fmt.Fprintln(os.Stderr, "usage: moat eval --corpus FILE.tar.gz [--seed N] [--classifier logreg|chi2] [--split]")
+		return 2
+	}
+	var items []classify.Item
+	if err := classify.ReadSource(*corpus, func(it classify.Item) error { items = append(items, it); return nil }); err != nil {
+		fmt.Fprintln(os.Stderr, "moat eval:", err)
+		return 1
+	}
+	items = classify.OnlineOrder(items, *seed)
+	if len(items) == 0 {
+		fmt.Fprintln(os.Stderr, "moat eval: no labelled messages (need ham/ and spam/ in member paths)")
+		return 1
+	}
+	if *order {
+		w := bufio.NewWriter(os.Stdout)
+		for _, it := range items {
+			fmt.Fprintf(w, "%s\t%s\n", it.Label, it.Name)
+		}
+		w.Flush()
+		return 0
+	}
+	cfg := classify.DefaultConfig()
+	cfg.Algorithm = *alg
+	cfg.TrainMode = *mode
+	if *threshold > 0 {
+		cfg.Threshold = *threshold
+	}
+	if *lr > 0 {
+		cfg.LearningRate = *lr
+	}
+	c, err := classify.New(cfg, classify.NewMemStore())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat eval:", err)
+		return 2
+	}
+	ctx := context.Background()
+	var res *classify.EvalResult
+	if *split {
+		res, err = classify.Split(ctx, c, items, 0.5, message.DefaultLimits())
+	} else {
+		res, err = classify.Online(ctx, c, items, message.DefaultLimits())
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat eval:", err)
+		return 1
+	}
+	res.Report(os.Stdout)
+	if *scores != "" {
+		if err := writeScores(*scores, res); err != nil {
+			fmt.Fprintln(os.Stderr, "moat eval:", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func writeScores(path string, res *classify.EvalResult) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	for _, s := range res.Scored {
+		fmt.Fprintf(w, "%s\t%s\t%.6f\n", s.Name, s.Label, s.Prob)
+	}
+	return errors.Join(w.Flush(), f.Close())
 }

@@ -96,8 +96,11 @@ type DomainConfig struct {
 	MaxConns int    `yaml:"max_conns"` // per backend; default 10
 	// Recipients: how RCPT is verified.
 	Recipients RecipientsConfig `yaml:"recipients"`
-	// Policy overrides the site policy for this domain (whole-section).
-	Policy *policy.Policy `yaml:"policy"`
+	// Policy overrides parts of the site policy for this domain; keys not
+	// given are inherited from the site policy.
+	Policy yaml.Node `yaml:"policy"`
+
+	effective *policy.Policy // site policy with the overrides applied
 }
 
 // RecipientsConfig is a domain's recipient verification.
@@ -148,6 +151,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	c.path = name
 	c.fill()
+	if err := c.domainPolicies(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -180,6 +186,33 @@ func (c *Config) fill() {
 		c.Pass.SecretFile = filepath.Join(c.DataDir, "pass.key")
 	}
 	c.Sections.fill(c)
+}
+
+// domainPolicies applies each domain's policy overrides to a copy of the
+// site policy, decoding strictly so that unknown keys are reported.
+func (c *Config) domainPolicies() error {
+	for i := range c.Domains {
+		d := &c.Domains[i]
+		if d.Policy.Kind == 0 {
+			continue
+		}
+		p := c.Policy
+		p.Layers = map[string]policy.Layer{}
+		for k, v := range c.Policy.Layers {
+			p.Layers[k] = v
+		}
+		raw, err := yaml.Marshal(&d.Policy)
+		if err != nil {
+			return err
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&p); err != nil {
+			return fmt.Errorf("domains[%d].policy (line %d): %v", i, d.Policy.Line, err)
+		}
+		d.effective = &p
+	}
+	return nil
 }
 
 // Validate checks every setting; errors name the key.
@@ -229,8 +262,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s.name: %q is listed twice", key, d.Name)
 		}
 		seen[n] = true
-		if d.Policy != nil {
-			if err := d.Policy.Validate(); err != nil {
+		if d.effective != nil {
+			if err := d.effective.Validate(); err != nil {
 				return fmt.Errorf("%s.policy.%w", key, err)
 			}
 		}
@@ -282,8 +315,8 @@ func (d DomainConfig) Domain() (*store.Domain, error) {
 	if out.RecipientMode == store.RecipientsTable && len(d.Recipients.List) == 0 && !d.Recipients.CatchAll {
 		return nil, errors.New("recipients.list: mode table needs a list (or catch_all: true)")
 	}
-	if d.Policy != nil {
-		b, err := jsonPolicy(d.Policy)
+	if d.effective != nil {
+		b, err := jsonPolicy(d.effective)
 		if err != nil {
 			return nil, err
 		}

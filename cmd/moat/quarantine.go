@@ -1,0 +1,334 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	_ "modernc.org/sqlite"
+
+	"moat.dev/moat/internal/quarantine"
+	"moat.dev/moat/internal/users"
+	"moat.dev/moat/internal/verdict"
+)
+
+const quarantineUsage = `usage: moat quarantine [--db PATH] [--dir DIR] COMMAND
+commands:
+  list [--rcpt R] [--domain D] [--search S] [--state held|released|deleted|expired|all] [--limit N] [--json]
+  show ID [--raw]           the entry, its reasons and history (--raw: the message bytes)
+  release ID [--teach]      re-deliver through the queue (ID of one entry, or of a message: all its recipients)
+  delete ID                 discard (entry or message ID)
+  user add NAME --role site_admin|partner_admin|domain_admin|user [--partner P] [--domain D,...] [--address A,...]
+                            (password read from stdin)
+  user list | user passwd NAME | user del NAME
+  partner NAME DOMAIN,...   set the domains of a partner
+`
+
+// cmdQuarantine inspects and steers the quarantine. Release needs the
+// delivery queue; until the lead wires --config, it is refused here.
+func cmdQuarantine(args []string) int {
+	fs := flag.NewFlagSet("quarantine", flag.ContinueOnError)
+	dbPath := fs.String("db", "/var/lib/moat/moat.db", "SQLite database")
+	dir := fs.String("dir", quarantine.DefaultConfig().Dir, "quarantine directory")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, quarantineUsage) }
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return 2
+	}
+	db, err := sql.Open("sqlite", *dbPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+		return 1
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	ctx := context.Background()
+	for _, p := range []string{"PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000"} {
+		if _, err := db.ExecContext(ctx, p); err != nil {
+			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+			return 1
+		}
+	}
+	cfg := quarantine.DefaultConfig()
+	cfg.Dir = *dir
+	q, err := quarantine.New(cfg, quarantine.Deps{DB: db})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+		return 1
+	}
+	defer q.Close()
+	return runQuarantine(ctx, q, db, fs.Args(), os.Stdin, os.Stdout, os.Stderr)
+}
+
+// runQuarantine is the CLI on an open Store (tests call it directly).
+func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "moat quarantine:", err)
+		return 1
+	}
+	switch args[0] {
+	case "list":
+		fs := flag.NewFlagSet("list", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		rcpt := fs.String("rcpt", "", "recipient")
+		domain := fs.String("domain", "", "domain")
+		search := fs.String("search", "", "text in subject or sender")
+		state := fs.String("state", "", "held (default), released, deleted, expired or all")
+		limit := fs.Int("limit", 100, "at most this many")
+		asJSON := fs.Bool("json", false, "JSON output")
+		if err := fs.Parse(args[1:]); err != nil {
+			return 2
+		}
+		es, total, err := q.List(ctx, quarantine.Filter{Rcpt: *rcpt, Domain: *domain, Search: *search, State: quarantine.State(*state), Limit: *limit})
+		if err != nil {
+			return fail(err)
+		}
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			if es == nil {
+				es = []*quarantine.Entry{}
+			}
+			if err := enc.Encode(es); err != nil {
+				return fail(err)
+			}
+			return 0
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tRECEIVED\tSCORE\tSTATE\tRCPT\tFROM\tSUBJECT")
+		for _, e := range es {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.ID, e.Received.Format(time.DateTime), verdict.FormatScore(e.Score), e.State,
+				e.Rcpt, oneLine(e.From, 40), oneLine(e.Subject, 60))
+		}
+		tw.Flush()
+		fmt.Fprintf(stdout, "%d of %d shown\n", len(es), total)
+		return 0
+	case "show":
+		fs := flag.NewFlagSet("show", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		raw := fs.Bool("raw", false, "print the message bytes")
+		if err := fs.Parse(reorder(args[1:])); err != nil || fs.NArg() != 1 {
+			fmt.Fprintln(stderr, "usage: moat quarantine show ID [--raw]")
+			return 2
+		}
+		e, err := q.Get(ctx, fs.Arg(0))
+		if err != nil {
+			return fail(err)
+		}
+		if *raw {
+			rc, err := q.Open(ctx, e.ID)
+			if err != nil {
+				return fail(err)
+			}
+			defer rc.Close()
+			io.Copy(stdout, rc)
+			return 0
+		}
+		fmt.Fprintf(stdout, "ID:        %s\nMessage:   %s\nState:     %s (by %s, %s)\nReceived:  %s from %s (%s)\nFrom:      %s\nHeader:    %s\nTo:        %s (all: %s)\nSubject:   %s\nSize:      %d\nScore:     %s\nAction:    %s\nRefused:   %v\nExpires:   %s\nReasons:\n",
+			e.ID, e.MsgID, e.State, e.StateBy, e.StateAt.Format(time.DateTime), e.Received.Format(time.DateTime), e.Client.IP, e.Client.Helo,
+			e.From, e.HeaderFrom, e.Rcpt, strings.Join(e.Rcpts, ", "), e.Subject, e.Size, verdict.FormatScore(e.Score), e.Action, e.Refused, e.Expires.Format(time.DateTime))
+		for _, r := range e.Reasons {
+			fmt.Fprintf(stdout, "  %-24s %6s  %s\n", r.Name, verdict.FormatScore(r.Score), r.Detail)
+		}
+		au, _ := q.Audit(ctx, e.ID)
+		fmt.Fprintln(stdout, "History:")
+		for _, a := range au {
+			fmt.Fprintf(stdout, "  %s  %-16s %-20s %s\n", a.At.Format(time.DateTime), a.Action, a.By, a.Detail)
+		}
+		return 0
+	case "release", "delete":
+		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		teach := fs.Bool("teach", false, "teach the classifier it is ham")
+		if err := fs.Parse(reorder(args[1:])); err != nil || fs.NArg() != 1 {
+			fmt.Fprintf(stderr, "usage: moat quarantine %s ID\n", args[0])
+			return 2
+		}
+		ids, err := entryIDs(ctx, q, fs.Arg(0))
+		if err != nil {
+			return fail(err)
+		}
+		by := "cli:" + os.Getenv("USER")
+		rc := 0
+		for _, id := range ids {
+			if args[0] == "delete" {
+				err = q.Delete(ctx, id, by)
+				if err == nil {
+					fmt.Fprintf(stdout, "%s deleted\n", id)
+				}
+			} else {
+				var qid string
+				qid, err = q.Release(ctx, id, quarantine.ReleaseOptions{By: by, Teach: *teach})
+				if err == nil {
+					fmt.Fprintf(stdout, "%s released (queue id %s)\n", id, qid)
+				}
+			}
+			if err != nil {
+				fmt.Fprintf(stderr, "moat quarantine: %s: %v\n", id, err)
+				rc = 1
+			}
+		}
+		return rc
+	case "user", "partner":
+		return runUsers(ctx, db, args, stdin, stdout, stderr)
+	}
+	fmt.Fprint(stderr, quarantineUsage)
+	return 2
+}
+
+// entryIDs resolves an entry ID, or a message ID to all its entries.
+func entryIDs(ctx context.Context, q *quarantine.Store, id string) ([]string, error) {
+	if e, err := q.Get(ctx, id); err == nil {
+		return []string{e.ID}, nil
+	} else if !errors.Is(err, quarantine.ErrNotFound) {
+		return nil, err
+	}
+	es, err := q.EntriesOf(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(es) == 0 {
+		return nil, quarantine.ErrNotFound
+	}
+	var out []string
+	for _, e := range es {
+		out = append(out, e.ID)
+	}
+	return out, nil
+}
+
+// reorder puts flags before positional arguments so "show ID --raw" works.
+func reorder(args []string) []string {
+	var flags, pos []string
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			flags = append(flags, a)
+		} else {
+			pos = append(pos, a)
+		}
+	}
+	return append(flags, pos...)
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func runUsers(ctx context.Context, db *sql.DB, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if err := users.Migrate(ctx, db); err != nil {
+		fmt.Fprintln(stderr, "moat quarantine:", err)
+		return 1
+	}
+	us := users.New(db)
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "moat quarantine:", err)
+		return 1
+	}
+	readPW := func() (string, error) {
+		b, err := io.ReadAll(io.LimitReader(stdin, 4096))
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	}
+	if args[0] == "partner" {
+		if len(args) != 3 {
+			fmt.Fprintln(stderr, "usage: moat quarantine partner NAME DOMAIN,...")
+			return 2
+		}
+		if err := us.SetPartnerDomains(ctx, args[1], splitList(args[2])); err != nil {
+			return fail(err)
+		}
+		return 0
+	}
+	if len(args) < 2 {
+		fmt.Fprint(stderr, quarantineUsage)
+		return 2
+	}
+	switch args[1] {
+	case "add":
+		fs := flag.NewFlagSet("user add", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		role := fs.String("role", "user", "site_admin, partner_admin, domain_admin or user")
+		partner := fs.String("partner", "", "partner (partner_admin)")
+		domains := fs.String("domain", "", "comma-separated domains (domain_admin)")
+		addrs := fs.String("address", "", "comma-separated addresses (user)")
+		if err := fs.Parse(reorder(args[2:])); err != nil || fs.NArg() != 1 {
+			fmt.Fprintln(stderr, "usage: moat quarantine user add NAME --role ROLE [...] < password")
+			return 2
+		}
+		pw, err := readPW()
+		if err != nil {
+			return fail(err)
+		}
+		u := &users.User{Name: fs.Arg(0), Role: users.Role(*role), Partner: *partner, Domains: splitList(*domains), Addresses: splitList(*addrs)}
+		if err := us.Create(ctx, u, pw); err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "user %s created\n", u.Name)
+		return 0
+	case "list":
+		list, err := us.List(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tROLE\tSCOPE")
+		for _, u := range list {
+			scope := u.Partner + strings.Join(u.Domains, ",") + strings.Join(u.Addresses, ",")
+			if u.Disabled {
+				scope += " (disabled)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", u.Name, u.Role, scope)
+		}
+		tw.Flush()
+		return 0
+	case "passwd":
+		if len(args) != 3 {
+			return 2
+		}
+		pw, err := readPW()
+		if err != nil {
+			return fail(err)
+		}
+		if err := us.SetPassword(ctx, args[2], pw); err != nil {
+			return fail(err)
+		}
+		return 0
+	case "del":
+		if len(args) != 3 {
+			return 2
+		}
+		if err := us.Delete(ctx, args[2]); err != nil {
+			return fail(err)
+		}
+		return 0
+	}
+	fmt.Fprint(stderr, quarantineUsage)
+	return 2
+}

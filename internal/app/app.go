@@ -1,0 +1,232 @@
+//go:build wip
+
+// Package app wires Moat together: store, resolver, the ordered check
+// table, the SMTP server, the queue and the relay, the HTTP endpoints. It
+// owns the start and stop order and nothing else.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"moat.dev/moat/internal/config"
+	"moat.dev/moat/internal/passmark"
+	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/queue"
+	"moat.dev/moat/internal/relay"
+	"moat.dev/moat/internal/smtpd"
+	"moat.dev/moat/internal/store"
+	"moat.dev/moat/internal/store/sqlstore"
+)
+
+// App is a running Moat.
+type App struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	store   store.Store
+	domains *domainCache
+	master  []byte
+	queue   *queue.Queue
+	relay   *relay.Relay
+	smtp    *smtpd.Server
+	mux     *http.ServeMux
+	closers []io.Closer
+}
+
+// NewLogger builds the structured logger the config asks for.
+func NewLogger(c config.LogConfig, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// New builds every component; nothing listens until Run.
+func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
+	a = &App{cfg: cfg, log: NewLogger(cfg.Log, os.Stderr), reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if a.master, err = passmark.LoadOrCreateMaster(cfg.Pass.SecretFile); err != nil {
+		return nil, fmt.Errorf("pass.secret_file: %w", err)
+	}
+	st, err := sqlstore.Open(ctx, cfg.Store.Driver, cfg.Store.DSN)
+	if err != nil {
+		return nil, err
+	}
+	a.store = st
+	a.closers = append(a.closers, st)
+	if err := seed(ctx, st, cfg); err != nil {
+		return nil, err
+	}
+	a.domains = newDomainCache(st, &cfg.Policy, 5*time.Second, a.log)
+
+	if a.relay, err = relay.New(cfg.Relay, a.route, a.log.With("component", "relay"), a.reg); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	if a.queue, err = queue.Open(cfg.Queue, a.relay, a.log.With("component", "queue"), a.reg); err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	a.closers = append(a.closers, a.queue)
+
+	checks, err := a.buildChecks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	runner := pipeline.NewRunner(checks, a.domains.policy, cfg.CheckTimeout.D())
+	a.smtp, err = smtpd.New(cfg.SMTP, smtpd.Deps{
+		Spool:   spoolAdapter{a.queue},
+		Domains: a.isCustomerDomain,
+		Runner:  runner,
+		Log:     a.log.With("component", "smtpd"),
+		Metrics: a.reg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("smtp: %w", err)
+	}
+	a.mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+	a.mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+	})
+	return a, nil
+}
+
+// seed writes the domains of the config file into the store.
+func seed(ctx context.Context, st store.Store, cfg *config.Config) error {
+	for i, dc := range cfg.Domains {
+		d, err := dc.Domain()
+		if err != nil {
+			return fmt.Errorf("domains[%d]: %w", i, err)
+		}
+		if err := st.PutDomain(ctx, d); err != nil {
+			return fmt.Errorf("store: seeding %s: %w", d.Name, err)
+		}
+		rcpts, err := dc.RecipientList()
+		if err != nil {
+			return fmt.Errorf("domains[%d]: %w", i, err)
+		}
+		for _, r := range rcpts {
+			if err := st.PutRecipient(ctx, r); err != nil {
+				return fmt.Errorf("store: seeding %s@%s: %w", r.Local, d.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (a *App) isCustomerDomain(ctx context.Context, domain string) (bool, error) {
+	d, _, err := a.domains.get(ctx, domain)
+	return d != nil, err
+}
+
+// route gives the relay a customer domain's backends and pass secret.
+func (a *App) route(ctx context.Context, domain string) (*relay.Route, error) {
+	d, _, err := a.domains.get(ctx, domain)
+	if err != nil {
+		return nil, err
+	}
+	if d == nil {
+		return nil, fmt.Errorf("%w: %s", relay.ErrNoRoute, domain)
+	}
+	r := &relay.Route{Domain: d.Name, TLS: d.TLS, MaxConns: d.MaxConns, PassSecret: passmark.DomainSecret(a.master, d.Name)}
+	for _, b := range d.Backends {
+		r.Backends = append(r.Backends, relay.Backend{Host: b.Host, Port: b.Port})
+	}
+	return r, nil
+}
+
+// Run serves until ctx is cancelled, then shuts down in order: stop
+// accepting SMTP, let sessions finish, stop the queue, close the store.
+func (a *App) Run(ctx context.Context) error {
+	defer a.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+
+	qctx, qcancel := context.WithCancel(context.Background())
+	defer qcancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.queue.Run(qctx); err != nil && !errors.Is(err, context.Canceled) {
+			errc <- fmt.Errorf("queue: %w", err)
+		}
+	}()
+
+	var httpSrv *http.Server
+	if a.cfg.HTTP.Listen != "" {
+		ln, err := net.Listen("tcp", a.cfg.HTTP.Listen)
+		if err != nil {
+			return fmt.Errorf("http.listen: %w", err)
+		}
+		httpSrv = &http.Server{Handler: a.mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("http: %w", err)
+			}
+		}()
+		a.log.Info("http listening", "addr", ln.Addr().String())
+	}
+
+	smtpErr := make(chan error, 1)
+	go func() { smtpErr <- a.smtp.ListenAndServe(ctx) }()
+	a.log.Info("moat started", "hostname", a.cfg.Hostname, "smtp", a.cfg.SMTP.Listen, "domains", len(a.cfg.Domains))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	case runErr = <-smtpErr:
+		if runErr != nil {
+			runErr = fmt.Errorf("smtp: %w", runErr)
+		}
+	}
+	a.log.Info("shutting down")
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	if err := a.smtp.Shutdown(sctx); err != nil {
+		a.log.Warn("smtp shutdown", "err", err)
+	}
+	if httpSrv != nil {
+		httpSrv.Shutdown(sctx)
+	}
+	qcancel()
+	wg.Wait()
+	return runErr
+}
+
+func (a *App) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i].Close()
+	}
+	a.closers = nil
+}
+
+// spoolAdapter lets the SMTP server write into the queue.
+type spoolAdapter struct{ q *queue.Queue }
+
+func (s spoolAdapter) NewDraft() (smtpd.Draft, error) { return s.q.NewDraft() }

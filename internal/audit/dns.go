@@ -1,0 +1,222 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// errNXDomain reports that a name does not exist.
+var errNXDomain = errors.New("no such domain")
+
+// errDNS wraps failures to get any answer (timeout, SERVFAIL, refused).
+type errDNS struct {
+	name, qtype string
+	err         error
+}
+
+func (e *errDNS) Error() string {
+	return fmt.Sprintf("dns lookup %s %s: %v", e.qtype, e.name, e.err)
+}
+func (e *errDNS) Unwrap() error { return e.err }
+
+// resolver is a small caching stub resolver talking to one recursive (or, in
+// tests, authoritative) server with miekg/dns.
+type resolver struct {
+	server string
+	udp    *dns.Client
+	tcp    *dns.Client
+
+	mu    sync.Mutex
+	cache map[string]*dnsResult
+}
+
+type dnsResult struct {
+	done  chan struct{}
+	rrs   []dns.RR
+	rcode int
+	err   error
+}
+
+func newResolver(server string, timeout time.Duration) (*resolver, error) {
+	if server == "" {
+		cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil || len(cc.Servers) == 0 {
+			return nil, fmt.Errorf("resolver: not set and /etc/resolv.conf unusable: %v", err)
+		}
+		server = net.JoinHostPort(cc.Servers[0], cc.Port)
+	}
+	if _, _, err := net.SplitHostPort(server); err != nil {
+		server = net.JoinHostPort(server, "53")
+	}
+	return &resolver{
+		server: server,
+		udp:    &dns.Client{Net: "udp", Timeout: timeout},
+		tcp:    &dns.Client{Net: "tcp", Timeout: timeout},
+		cache:  map[string]*dnsResult{},
+	}, nil
+}
+
+// query returns the answer section of name/qtype. Concurrent identical
+// queries share one exchange; results are cached for the resolver's life
+// (one audit run).
+func (r *resolver) query(ctx context.Context, name string, qtype uint16) ([]dns.RR, int, error) {
+	name = dns.Fqdn(strings.ToLower(name))
+	key := name + "/" + dns.TypeToString[qtype]
+	r.mu.Lock()
+	res, ok := r.cache[key]
+	if !ok {
+		res = &dnsResult{done: make(chan struct{})}
+		r.cache[key] = res
+	}
+	r.mu.Unlock()
+	if ok {
+		select {
+		case <-res.done:
+			return res.rrs, res.rcode, res.err
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+	}
+	res.rrs, res.rcode, res.err = r.exchange(ctx, name, qtype)
+	close(res.done)
+	return res.rrs, res.rcode, res.err
+}
+
+func (r *resolver) exchange(ctx context.Context, name string, qtype uint16) ([]dns.RR, int, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	m.RecursionDesired = true
+	m.SetEdns0(4096, false)
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		in, _, err := r.udp.ExchangeContext(ctx, m, r.server)
+		if err == nil && in.Truncated {
+			in, _, err = r.tcp.ExchangeContext(ctx, m, r.server)
+		}
+		if err != nil {
+			lastErr = err
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		switch in.Rcode {
+		case dns.RcodeSuccess:
+			return in.Answer, in.Rcode, nil
+		case dns.RcodeNameError:
+			return nil, in.Rcode, errNXDomain
+		default:
+			return nil, in.Rcode, &errDNS{name, dns.TypeToString[qtype], fmt.Errorf("server answered %s", dns.RcodeToString[in.Rcode])}
+		}
+	}
+	return nil, 0, &errDNS{name, dns.TypeToString[qtype], lastErr}
+}
+
+// addrs resolves name to its IPv4 and IPv6 addresses, following CNAME
+// chains. A name without addresses gives (nil, nil); a name that does not
+// exist gives errNXDomain.
+func (r *resolver) addrs(ctx context.Context, name string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
+		return []netip.Addr{a.Unmap()}, nil
+	}
+	var out []netip.Addr
+	nx := 0
+	var firstErr error
+	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		got, err := r.follow(ctx, name, qt)
+		switch {
+		case errors.Is(err, errNXDomain):
+			nx++
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		out = append(out, got...)
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if nx == 2 {
+		return nil, errNXDomain
+	}
+	return nil, nil
+}
+
+func (r *resolver) follow(ctx context.Context, name string, qt uint16) ([]netip.Addr, error) {
+	cur := dns.Fqdn(strings.ToLower(name))
+	for hop := 0; hop < 8; hop++ {
+		rrs, _, err := r.query(ctx, cur, qt)
+		if err != nil {
+			return nil, err
+		}
+		var out []netip.Addr
+		next := ""
+		for _, rr := range rrs {
+			switch v := rr.(type) {
+			case *dns.A:
+				if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
+					out = append(out, a)
+				}
+			case *dns.AAAA:
+				if a, ok := netip.AddrFromSlice(v.AAAA); ok {
+					out = append(out, a.Unmap())
+				}
+			case *dns.CNAME:
+				if strings.EqualFold(v.Hdr.Name, cur) {
+					next = strings.ToLower(v.Target)
+				}
+			}
+		}
+		if len(out) > 0 || next == "" {
+			return out, nil
+		}
+		cur = next
+	}
+	return nil, &errDNS{name, dns.TypeToString[qt], errors.New("CNAME chain too long")}
+}
+
+// mx is one MX record.
+type mx struct {
+	Pref uint16
+	Host string // lower case, no trailing dot; "" for a null MX
+}
+
+func (r *resolver) mxs(ctx context.Context, domain string) ([]mx, error) {
+	rrs, _, err := r.query(ctx, domain, dns.TypeMX)
+	if err != nil {
+		return nil, err
+	}
+	var out []mx
+	for _, rr := range rrs {
+		if v, ok := rr.(*dns.MX); ok {
+			out = append(out, mx{v.Preference, strings.TrimSuffix(strings.ToLower(v.Mx), ".")})
+		}
+	}
+	return out, nil
+}
+
+func (r *resolver) txts(ctx context.Context, name string) ([]string, error) {
+	rrs, _, err := r.query(ctx, name, dns.TypeTXT)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, rr := range rrs {
+		if v, ok := rr.(*dns.TXT); ok {
+			out = append(out, strings.Join(v.Txt, ""))
+		}
+	}
+	return out, nil
+}

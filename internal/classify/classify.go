@@ -1,0 +1,379 @@
+// Package classify is Moat's self-learning statistical spam classifier.
+//
+// Two methods are implemented over the same feature extractor and store:
+//
+//   - "logreg" (default): online logistic regression over hashed sparse
+//     binary features (words, OSB word pairs, header, URL and structure
+//     features), hashed into 2^hash_bits buckets, trained by stochastic
+//     gradient descent on every message (or train-on-error with a margin).
+//   - "chi2": Robinson/Fisher chi-square combining over word tokens, the
+//     method of SpamBayes and bogofilter.
+//
+// docs/classifier.md has the measured comparison. Models live in a
+// TokenStore (memory or SQLite), one per scope: the site ("global") and,
+// once they have enough lessons, each user.
+package classify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+
+	"moat.dev/moat/internal/message"
+)
+
+// Config is the classifier's configuration.
+type Config struct {
+	// Algorithm is "logreg" (online logistic regression, default) or "chi2"
+	// (Robinson/Fisher chi-square, bogofilter-like).
+	Algorithm string `yaml:"algorithm"`
+	// MinHam and MinSpam: the classifier stays silent (no score) until the
+	// model has learned at least this many ham and spam messages.
+	MinHam  int `yaml:"min_ham"`
+	MinSpam int `yaml:"min_spam"`
+	// MinUserTrain: a user's personal model is used only once it has learned
+	// this many messages in total; until then the global model answers.
+	MinUserTrain int `yaml:"min_user_train"`
+	// HashBits: logreg hashes features into 2^hash_bits weights (20..24).
+	HashBits int `yaml:"hash_bits"`
+	// LearningRate of logreg's gradient step.
+	LearningRate float64 `yaml:"learning_rate"`
+	// TrainMode is "everything" (learn every lesson) or "on-error" (learn a
+	// lesson only when the model got it wrong or was unsure: TONE).
+	TrainMode string `yaml:"train_mode"`
+	// Threshold: a message whose spam probability is >= threshold counts as
+	// spam for the FP/FN figures of moat eval and the verdict of moat classify.
+	Threshold float64 `yaml:"threshold"`
+	// MaxWords: body words considered per message.
+	MaxWords int `yaml:"max_words"`
+}
+
+// DefaultConfig returns the production defaults.
+func DefaultConfig() Config {
+	return Config{
+		Algorithm:    "logreg",
+		MinHam:       50,
+		MinSpam:      50,
+		MinUserTrain: 200,
+		HashBits:     22,
+		LearningRate: 1,
+		TrainMode:    "everything",
+		Threshold:    0.5,
+		MaxWords:     3000,
+	}
+}
+
+// Validate checks the configuration; errors name the key.
+func (c *Config) Validate() error {
+	switch c.Algorithm {
+	case "logreg", "chi2":
+	default:
+		return fmt.Errorf("algorithm: %q is not one of logreg, chi2", c.Algorithm)
+	}
+	if c.MinHam < 0 {
+		return errors.New("min_ham: must be >= 0")
+	}
+	if c.MinSpam < 0 {
+		return errors.New("min_spam: must be >= 0")
+	}
+	if c.MinUserTrain < 0 {
+		return errors.New("min_user_train: must be >= 0")
+	}
+	if c.HashBits < 16 || c.HashBits > 26 {
+		return errors.New("hash_bits: must be between 16 and 26")
+	}
+	if !(c.LearningRate > 0 && c.LearningRate <= 100) {
+		return errors.New("learning_rate: must be > 0 and <= 100")
+	}
+	if c.TrainMode != "everything" && c.TrainMode != "on-error" {
+		return fmt.Errorf("train_mode: %q is not one of everything, on-error", c.TrainMode)
+	}
+	if !(c.Threshold > 0 && c.Threshold < 1) {
+		return errors.New("threshold: must be between 0 and 1")
+	}
+	if c.MaxWords < 10 {
+		return errors.New("max_words: must be >= 10")
+	}
+	return nil
+}
+
+// Classifier scores and learns messages against a TokenStore.
+type Classifier struct {
+	cfg   Config
+	store TokenStore
+	alg   algorithm
+	fs    FeatureSet
+}
+
+// New returns a classifier over store.
+func New(cfg Config, store TokenStore) (*Classifier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Classifier{cfg: cfg, store: store}
+	switch cfg.Algorithm {
+	case "chi2":
+		c.alg = newChi2()
+	default:
+		c.alg = newLogreg(cfg.HashBits, cfg.LearningRate)
+	}
+	c.fs = c.alg.featureSet()
+	c.fs.MaxWords = cfg.MaxWords
+	return c, nil
+}
+
+// Config returns the configuration in use.
+func (c *Classifier) Config() Config { return c.cfg }
+
+// Scope returns the store scope of user's model ("" = the global model).
+func (c *Classifier) Scope(user string) string {
+	if user == "" {
+		return c.alg.name() + ":global"
+	}
+	return c.alg.name() + ":user:" + strings.ToLower(user)
+}
+
+// Contribution is one feature's push toward spam (positive) or ham.
+type Contribution struct {
+	Feature string
+	Value   float64
+}
+
+// Result is one classification.
+type Result struct {
+	Prob    float64 // P(spam), 0.5 when the model is empty
+	Trained bool    // the model has at least min_ham and min_spam lessons
+	Scope   string  // the model that answered
+	Ham     int64   // lessons in that model
+	Spam    int64
+	Top     []Contribution // strongest features, when explaining
+}
+
+// Spam reports whether the result is at or above the threshold.
+func (c *Classifier) Spam(r Result) bool { return r.Prob >= c.cfg.Threshold }
+
+// Features extracts the features this classifier uses.
+func (c *Classifier) Features(m *message.Message, names bool) []Feature {
+	return Extract(m, c.fs, names)
+}
+
+func (c *Classifier) keys(fs []Feature) []uint64 {
+	k := make([]uint64, len(fs))
+	for i, f := range fs {
+		k[i] = c.alg.key(f.Hash)
+	}
+	return k
+}
+
+// pickScope returns the user's scope when it is trained enough, else global.
+func (c *Classifier) pickScope(ctx context.Context, user string) (string, Totals, error) {
+	if user != "" {
+		s := c.Scope(user)
+		t, err := c.store.Totals(ctx, s)
+		if err != nil {
+			return "", Totals{}, err
+		}
+		if t.Ham+t.Spam >= int64(c.cfg.MinUserTrain) && t.Ham > 0 && t.Spam > 0 {
+			return s, t, nil
+		}
+	}
+	s := c.Scope("")
+	t, err := c.store.Totals(ctx, s)
+	return s, t, err
+}
+
+// Classify scores m for user ("" = site model). explain asks for the ten
+// strongest features.
+func (c *Classifier) Classify(ctx context.Context, user string, m *message.Message, explain bool) (Result, error) {
+	scope, t, err := c.pickScope(ctx, user)
+	if err != nil {
+		return Result{}, err
+	}
+	fs := c.Features(m, explain)
+	return c.classifyFeatures(ctx, scope, t, fs, explain)
+}
+
+func (c *Classifier) classifyFeatures(ctx context.Context, scope string, t Totals, fs []Feature, explain bool) (Result, error) {
+	keys := c.keys(fs)
+	rows, err := c.store.Get(ctx, scope, keys)
+	if err != nil {
+		return Result{}, err
+	}
+	p, contrib := c.alg.score(rows, t)
+	r := Result{Prob: p, Scope: scope, Ham: t.Ham, Spam: t.Spam,
+		Trained: t.Ham >= int64(c.cfg.MinHam) && t.Spam >= int64(c.cfg.MinSpam) && t.Ham+t.Spam > 0}
+	if explain {
+		idx := make([]int, len(fs))
+		for i := range idx {
+			idx[i] = i
+		}
+		sort.SliceStable(idx, func(a, b int) bool { return math.Abs(contrib[idx[a]]) > math.Abs(contrib[idx[b]]) })
+		for _, i := range idx {
+			if len(r.Top) == 10 || contrib[i] == 0 {
+				break
+			}
+			r.Top = append(r.Top, Contribution{Feature: fs[i].Name, Value: contrib[i]})
+		}
+	}
+	return r, nil
+}
+
+// LearnOutcome says what a Learn call did.
+type LearnOutcome int
+
+const (
+	Learned      LearnOutcome = iota // the lesson was new and was learned
+	AlreadyKnown                     // the same message was learned with the same label before
+	Moved                            // it was learned with the other label; that lesson was replaced
+	Skipped                          // on-error mode: the model already knew it
+)
+
+func (o LearnOutcome) String() string {
+	return [...]string{"learned", "already-known", "moved", "skipped"}[o]
+}
+
+// Learn teaches user's model ("" = site model) that m is label. Learning
+// the same message (same fingerprint) twice counts once; learning it with
+// the opposite label moves it.
+func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
+	return c.LearnFeatures(ctx, user, c.Features(m, false), m.Fingerprint, label)
+}
+
+// LearnFeatures is Learn with features already extracted.
+func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Feature, fp [32]byte, label Label) (LearnOutcome, error) {
+	if label != Ham && label != Spam {
+		return 0, errors.New("classify: label must be ham or spam")
+	}
+	scope := c.Scope(user)
+	prev, err := c.store.Lesson(ctx, scope, fp)
+	if err != nil {
+		return 0, err
+	}
+	if prev == label {
+		return AlreadyKnown, nil
+	}
+	keys := c.keys(fs)
+	rows, err := c.store.Get(ctx, scope, keys)
+	if err != nil {
+		return 0, err
+	}
+	t, err := c.store.Totals(ctx, scope)
+	if err != nil {
+		return 0, err
+	}
+	p, _ := c.alg.score(rows, t)
+	outcome := Learned
+	var deltas []Delta
+	var tt Totals
+	if prev != Unknown {
+		outcome = Moved
+		if c.alg.exactUnlearn() {
+			d, dt := c.alg.update(keys, rows, t, p, prev, -1)
+			deltas, tt = d, dt
+			// Recompute the base for the new lesson.
+			rows = applyDeltas(keys, rows, d)
+			t = addTotals(t, dt)
+			p, _ = c.alg.score(rows, t)
+		} else {
+			// Discriminative models cannot subtract a past gradient step
+			// exactly: the lesson counts move, and the weights take extra
+			// steps toward the new label (below) until it is learned.
+			if prev == Spam {
+				tt.Spam--
+			} else {
+				tt.Ham--
+			}
+		}
+	} else if c.cfg.TrainMode == "on-error" && !c.needsTraining(p, label) {
+		return Skipped, nil
+	}
+	steps := 1
+	if outcome == Moved && !c.alg.exactUnlearn() {
+		steps = 5
+	}
+	for i := 0; i < steps; i++ {
+		d, dt := c.alg.update(keys, rows, t, p, label, 1)
+		if i > 0 {
+			dt.Ham, dt.Spam = 0, 0
+		}
+		deltas = append(deltas, d...)
+		tt = addTotals(tt, dt)
+		if i == steps-1 {
+			break
+		}
+		rows = applyDeltas(keys, rows, d)
+		t = addTotals(t, dt)
+		p, _ = c.alg.score(rows, t)
+		if !c.needsTraining(p, label) {
+			break
+		}
+	}
+	err = c.store.Update(ctx, scope, Batch{Deltas: mergeDeltas(deltas), Totals: tt, Lesson: &Lesson{FP: fp, Label: label}})
+	return outcome, err
+}
+
+// needsTraining is the train-on-error-with-margin rule: wrong, or right by
+// less than a margin (probability within 0.4 of the label's target).
+func (c *Classifier) needsTraining(p float64, l Label) bool {
+	if l == Spam {
+		return p < 0.9
+	}
+	return p > 0.1
+}
+
+func applyDeltas(keys []uint64, rows []Row, d []Delta) []Row {
+	out := make([]Row, len(rows))
+	copy(out, rows)
+	pos := make(map[uint64][]int, len(keys))
+	for i, k := range keys {
+		pos[k] = append(pos[k], i)
+	}
+	for _, x := range d {
+		for _, i := range pos[x.Key] {
+			out[i].Ham += x.Ham
+			out[i].Spam += x.Spam
+			out[i].W += x.W
+			out[i].G += x.G
+		}
+	}
+	return out
+}
+
+func addTotals(a, b Totals) Totals {
+	return Totals{Ham: a.Ham + b.Ham, Spam: a.Spam + b.Spam, Bias: a.Bias + b.Bias}
+}
+
+// mergeDeltas combines deltas of the same key (hash collisions, repeated
+// steps) so a store applies each key once.
+func mergeDeltas(d []Delta) []Delta {
+	if len(d) == 0 {
+		return d
+	}
+	idx := make(map[uint64]int, len(d))
+	out := d[:0:0]
+	for _, x := range d {
+		if i, ok := idx[x.Key]; ok {
+			out[i].Ham += x.Ham
+			out[i].Spam += x.Spam
+			out[i].W += x.W
+			out[i].G += x.G
+			continue
+		}
+		idx[x.Key] = len(out)
+		out = append(out, x)
+	}
+	return out
+}
+
+// Size returns the number of stored keys in the site model.
+func (c *Classifier) Size(ctx context.Context) (int64, error) {
+	return c.store.Size(ctx, c.Scope(""))
+}
+
+// Totals returns the lesson counts of user's model ("" = site).
+func (c *Classifier) Totals(ctx context.Context, user string) (Totals, error) {
+	return c.store.Totals(ctx, c.Scope(user))
+}

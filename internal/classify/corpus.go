@@ -1,0 +1,235 @@
+package classify
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Item is one message read from a corpus.
+type Item struct {
+	Name  string // path (file, Maildir entry), member name (tar) or "mbox#N"
+	Label Label  // from the path (ham/ or spam/ prefix) when asked, else Unknown
+	Data  []byte
+}
+
+// maxItemBytes bounds one message read from a corpus.
+const maxItemBytes = 32 << 20
+
+// LabelFromPath returns Ham or Spam when a path component is "ham" or
+// "spam" (the corpus layout ham/*.eml, spam/*.eml), else Unknown.
+func LabelFromPath(name string) Label {
+	for _, c := range strings.Split(filepath.ToSlash(name), "/") {
+		switch strings.ToLower(c) {
+		case "ham":
+			return Ham
+		case "spam":
+			return Spam
+		}
+	}
+	return Unknown
+}
+
+// ReadSource reads every message of path: a .tar.gz/.tgz/.tar archive, a
+// Maildir (cur/ and new/), a directory of message files, an mbox file, or
+// a single message file. fn is called once per message, in a deterministic
+// order (sorted names; mbox file order).
+func ReadSource(path string, fn func(Item) error) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	low := strings.ToLower(path)
+	switch {
+	case st.IsDir():
+		return readDir(path, fn)
+	case strings.HasSuffix(low, ".tar.gz") || strings.HasSuffix(low, ".tgz") || strings.HasSuffix(low, ".tar"):
+		return readTar(path, fn)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	head, _ := br.Peek(5)
+	if string(head) == "From " {
+		return readMbox(path, br, fn)
+	}
+	data, err := io.ReadAll(io.LimitReader(br, maxItemBytes))
+	if err != nil {
+		return err
+	}
+	return fn(Item{Name: path, Label: LabelFromPath(path), Data: data})
+}
+
+func readDir(dir string, fn func(Item) error) error {
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == "tmp" && p != dir {
+				return filepath.SkipDir // Maildir tmp/: messages being delivered
+			}
+			return nil
+		}
+		if d.Type().IsRegular() && !strings.HasPrefix(d.Name(), ".") {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, p := range files {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if err := fn(Item{Name: p, Label: LabelFromPath(rel), Data: data}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readTar(path string, fn func(Item) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var r io.Reader = bufio.NewReaderSize(f, 1<<16)
+	if !strings.HasSuffix(strings.ToLower(path), ".tar") {
+		gz, err := gzip.NewReader(r)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		defer gz.Close()
+		r = gz
+	}
+	tr := tar.NewReader(r)
+	var items []Item
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(tr, maxItemBytes))
+		if err != nil {
+			return fmt.Errorf("%s: %s: %w", path, h.Name, err)
+		}
+		items = append(items, Item{Name: h.Name, Label: LabelFromPath(h.Name), Data: data})
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
+	for _, it := range items {
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readMbox splits an mbox (mboxrd/mboxo) on "From " lines and unescapes
+// ">From ".
+func readMbox(path string, br *bufio.Reader, fn func(Item) error) error {
+	var cur bytes.Buffer
+	n := 0
+	started := false
+	emit := func() error {
+		if !started {
+			return nil
+		}
+		n++
+		data := append([]byte(nil), cur.Bytes()...)
+		cur.Reset()
+		return fn(Item{Name: fmt.Sprintf("%s#%d", path, n), Label: LabelFromPath(path), Data: data})
+	}
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(line) > 0 {
+			switch {
+			case bytes.HasPrefix(line, []byte("From ")):
+				if e := emit(); e != nil {
+					return e
+				}
+				started = true
+			case started:
+				if bytes.HasPrefix(bytes.TrimLeft(line, ">"), []byte("From ")) && line[0] == '>' {
+					line = line[1:]
+				}
+				if cur.Len() < maxItemBytes {
+					cur.Write(line)
+				}
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return emit()
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// OnlineOrder returns the evaluation order of a labelled corpus (the TREC
+// online protocol as Moat runs it):
+//
+//  1. ham and spam items are each sorted by name;
+//  2. each list is shuffled with a PCG generator seeded (seed, 1) for ham
+//     and (seed, 2) for spam (math/rand/v2 Shuffle);
+//  3. the two lists are merged proportionally: at each step the next item
+//     comes from the class whose consumed fraction (taken/size) is lower,
+//     ham first on ties. So spam is spread evenly through the stream in the
+//     corpus's own ratio.
+//
+// Items with an Unknown label are dropped.
+func OnlineOrder(items []Item, seed uint64) []Item {
+	var ham, spam []Item
+	for _, it := range items {
+		switch it.Label {
+		case Ham:
+			ham = append(ham, it)
+		case Spam:
+			spam = append(spam, it)
+		}
+	}
+	sort.Slice(ham, func(i, j int) bool { return ham[i].Name < ham[j].Name })
+	sort.Slice(spam, func(i, j int) bool { return spam[i].Name < spam[j].Name })
+	rh := rand.New(rand.NewPCG(seed, 1))
+	rh.Shuffle(len(ham), func(i, j int) { ham[i], ham[j] = ham[j], ham[i] })
+	rs := rand.New(rand.NewPCG(seed, 2))
+	rs.Shuffle(len(spam), func(i, j int) { spam[i], spam[j] = spam[j], spam[i] })
+	out := make([]Item, 0, len(ham)+len(spam))
+	h, s := 0, 0
+	for h < len(ham) || s < len(spam) {
+		takeHam := s >= len(spam) || (h < len(ham) && float64(h)*float64(len(spam)) <= float64(s)*float64(len(ham)))
+		if takeHam {
+			out = append(out, ham[h])
+			h++
+		} else {
+			out = append(out, spam[s])
+			s++
+		}
+	}
+	return out
+}

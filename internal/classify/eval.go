@@ -1,0 +1,198 @@
+package classify
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"moat.dev/moat/internal/message"
+)
+
+// Scored is one evaluated message.
+type Scored struct {
+	Name    string
+	Label   Label
+	Prob    float64
+	Trained bool // the model was past min_ham/min_spam when it scored this message
+}
+
+// EvalResult summarizes one evaluation run.
+type EvalResult struct {
+	Algorithm   string
+	Protocol    string // "online" or "split"
+	Scored      []Scored
+	Ham, Spam   int
+	AUC         float64
+	FP, FN      int     // at the threshold, over every scored message
+	FPRate      float64 // FP / ham
+	FNRate      float64 // FN / spam
+	GatedFP     int     // as deployed: no verdict while the model is silent (untrained)
+	GatedFN     int
+	ClassifyDur time.Duration // parse + features + score
+	LearnDur    time.Duration // parse + features + update
+	Classified  int
+	Learned     int
+	ModelKeys   int64
+}
+
+// OneMinusROCAPercent is (1 - AUC) * 100, the TREC "1-ROCA%".
+func (r *EvalResult) OneMinusROCAPercent() float64 { return (1 - r.AUC) * 100 }
+
+// ClassifyRate is messages classified per second.
+func (r *EvalResult) ClassifyRate() float64 { return rate(r.Classified, r.ClassifyDur) }
+
+// LearnRate is messages learned per second.
+func (r *EvalResult) LearnRate() float64 { return rate(r.Learned, r.LearnDur) }
+
+func rate(n int, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
+
+// Online runs the TREC online protocol over items (already in order, see
+// OnlineOrder): classify each message, then learn it with its true label.
+func Online(ctx context.Context, c *Classifier, items []Item, lim message.Limits) (*EvalResult, error) {
+	return run(ctx, c, items, len(items), true, lim)
+}
+
+// Split learns the first trainFrac of items (in order) and then only
+// classifies the rest.
+func Split(ctx context.Context, c *Classifier, items []Item, trainFrac float64, lim message.Limits) (*EvalResult, error) {
+	n := int(float64(len(items)) * trainFrac)
+	return run(ctx, c, items, n, false, lim)
+}
+
+func run(ctx context.Context, c *Classifier, items []Item, nTrain int, online bool, lim message.Limits) (*EvalResult, error) {
+	res := &EvalResult{Algorithm: c.cfg.Algorithm, Protocol: "online"}
+	if !online {
+		res.Protocol = "split"
+	}
+	learn := func(it Item) error {
+		t0 := time.Now()
+		m := message.ParseBytes(it.Data, lim)
+		if _, err := c.Learn(ctx, "", m, it.Label); err != nil {
+			return fmt.Errorf("%s: %w", it.Name, err)
+		}
+		res.LearnDur += time.Since(t0)
+		res.Learned++
+		return nil
+	}
+	classify := func(it Item) error {
+		t0 := time.Now()
+		m := message.ParseBytes(it.Data, lim)
+		r, err := c.Classify(ctx, "", m, false)
+		if err != nil {
+			return fmt.Errorf("%s: %w", it.Name, err)
+		}
+		res.ClassifyDur += time.Since(t0)
+		res.Classified++
+		res.Scored = append(res.Scored, Scored{Name: it.Name, Label: it.Label, Prob: r.Prob, Trained: r.Trained})
+		return nil
+	}
+	for i, it := range items {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if online {
+			if err := classify(it); err != nil {
+				return nil, err
+			}
+			if err := learn(it); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if i < nTrain {
+			if err := learn(it); err != nil {
+				return nil, err
+			}
+		} else if err := classify(it); err != nil {
+			return nil, err
+		}
+	}
+	res.summarize(c.cfg.Threshold)
+	keys, err := c.Size(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res.ModelKeys = keys
+	return res, nil
+}
+
+func (r *EvalResult) summarize(threshold float64) {
+	r.Ham, r.Spam, r.FP, r.FN, r.GatedFP, r.GatedFN = 0, 0, 0, 0, 0, 0
+	for _, s := range r.Scored {
+		spam := s.Prob >= threshold
+		if s.Label == Spam {
+			r.Spam++
+			if !spam {
+				r.FN++
+			}
+			if !spam || !s.Trained {
+				r.GatedFN++
+			}
+		} else {
+			r.Ham++
+			if spam {
+				r.FP++
+				if s.Trained {
+					r.GatedFP++
+				}
+			}
+		}
+	}
+	if r.Ham > 0 {
+		r.FPRate = float64(r.FP) / float64(r.Ham)
+	}
+	if r.Spam > 0 {
+		r.FNRate = float64(r.FN) / float64(r.Spam)
+	}
+	r.AUC = AUC(r.Scored)
+}
+
+// AUC is the area under the ROC curve (spam positive), ties counted half:
+// the Mann-Whitney statistic.
+func AUC(s []Scored) float64 {
+	xs := append([]Scored(nil), s...)
+	sort.Slice(xs, func(i, j int) bool { return xs[i].Prob < xs[j].Prob })
+	var nPos, nNeg float64
+	var rankSumPos float64
+	for i := 0; i < len(xs); {
+		j := i
+		for j < len(xs) && xs[j].Prob == xs[i].Prob {
+			j++
+		}
+		avgRank := float64(i+j+1) / 2 // ranks are 1-based: (i+1 + j)/2
+		for k := i; k < j; k++ {
+			if xs[k].Label == Spam {
+				nPos++
+				rankSumPos += avgRank
+			} else {
+				nNeg++
+			}
+		}
+		i = j
+	}
+	if nPos == 0 || nNeg == 0 {
+		return 0
+	}
+	return (rankSumPos - nPos*(nPos+1)/2) / (nPos * nNeg)
+}
+
+// Report writes a human-readable summary.
+func (r *EvalResult) Report(w io.Writer) {
+	fmt.Fprintf(w, "classifier:        %s (%s protocol)\n", r.Algorithm, r.Protocol)
+	fmt.Fprintf(w, "messages scored:   %d (%d ham, %d spam)\n", len(r.Scored), r.Ham, r.Spam)
+	fmt.Fprintf(w, "ROC AUC:           %.6f\n", r.AUC)
+	fmt.Fprintf(w, "1-ROCA%%:           %.4f\n", r.OneMinusROCAPercent())
+	fmt.Fprintf(w, "FP rate:           %.3f%% (%d of %d ham)\n", 100*r.FPRate, r.FP, r.Ham)
+	fmt.Fprintf(w, "FN rate:           %.3f%% (%d of %d spam)\n", 100*r.FNRate, r.FN, r.Spam)
+	fmt.Fprintf(w, "as deployed:       FP %d, FN %d (silent until min_ham/min_spam)\n", r.GatedFP, r.GatedFN)
+	fmt.Fprintf(w, "classify:          %.0f msgs/s (%d msgs)\n", r.ClassifyRate(), r.Classified)
+	fmt.Fprintf(w, "learn:             %.0f msgs/s (%d msgs)\n", r.LearnRate(), r.Learned)
+	fmt.Fprintf(w, "model size:        %d keys\n", r.ModelKeys)
+}

@@ -1,0 +1,254 @@
+package classify
+
+import (
+	"sort"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"moat.dev/moat/internal/message"
+)
+
+// Feature is one hashed feature of a message. Name is filled only when
+// names were asked for (explanations); scoring needs the hash alone.
+type Feature struct {
+	Hash uint64
+	Name string
+}
+
+// FeatureSet selects the feature families extracted.
+type FeatureSet struct {
+	Pairs    bool // OSB word pairs (orthogonal sparse bigrams, window 5)
+	MaxWords int  // body words considered (the first N); 0 = 3000
+}
+
+// ignoredHeaders are added by filters along the way; trusting them would
+// let an upstream filter (or a spammer forging it) decide for us.
+var ignoredHeaders = map[string]bool{
+	"X-Spam-Status": true, "X-Spam-Flag": true, "X-Spam-Level": true, "X-Spam-Score": true,
+	"X-Spam-Checker-Version": true, "X-Spam-Report": true, "X-Bogosity": true, "X-Moat-Pass": true,
+	"X-Spam": true, "X-Virus-Scanned": true, "X-Virus-Status": true, "Authentication-Results": true,
+	"Content-Length": true, "Lines": true, "Status": true, "X-Status": true, "X-Keywords": true, "X-Uid": true,
+}
+
+// headerTokenLimit bounds tokens taken from one header field.
+const headerTokenLimit = 64
+
+type extractor struct {
+	names bool
+	seen  map[uint64]struct{}
+	out   []Feature
+}
+
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+func hashStr(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime
+	}
+	return h
+}
+
+func (x *extractor) add(prefix, tok string) {
+	h := hashStr(hashStr(fnvOffset, prefix), tok)
+	x.addHash(h, prefix, tok)
+}
+
+func (x *extractor) addHash(h uint64, prefix, tok string) {
+	if _, dup := x.seen[h]; dup {
+		return
+	}
+	x.seen[h] = struct{}{}
+	f := Feature{Hash: h}
+	if x.names {
+		f.Name = prefix + tok
+	}
+	x.out = append(x.out, f)
+}
+
+func (x *extractor) pair(a, b string, d int) {
+	h := hashStr(fnvOffset, "p:")
+	h = hashStr(h, a)
+	h ^= uint64('0' + d)
+	h *= fnvPrime
+	h = hashStr(h, b)
+	if _, dup := x.seen[h]; dup {
+		return
+	}
+	x.seen[h] = struct{}{}
+	f := Feature{Hash: h}
+	if x.names {
+		f.Name = "p:" + a + " " + strings.Repeat("_ ", d-1) + b
+	}
+	x.out = append(x.out, f)
+}
+
+// Extract returns the distinct features of m. The unigram families are:
+// body words ("w:"), subject words ("s:"), words of other header fields
+// prefixed by the field name ("h:from:"), URL hosts and registered domains
+// ("u:"), hidden HTML text ("hid:"), attachment types and extensions
+// ("att:"), MIME defects ("mal:") and a few shape features ("meta:").
+// With fs.Pairs, OSB word pairs of the subject and body are added.
+func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
+	maxWords := fs.MaxWords
+	if maxWords <= 0 {
+		maxWords = 3000
+	}
+	x := &extractor{names: names, seen: make(map[uint64]struct{}, 512)}
+	for _, f := range m.Header {
+		if ignoredHeaders[f.Name] {
+			continue
+		}
+		name := strings.ToLower(f.Name)
+		switch {
+		case f.Name == "Subject":
+			ws := words(f.Value, 200)
+			for _, w := range ws {
+				x.add("s:", w)
+			}
+			if fs.Pairs {
+				osb(x, ws)
+			}
+			continue
+		case strings.HasPrefix(name, "x-") && !isInteresting(name):
+			// Unknown X- fields: only their presence.
+			x.add("hx:", name)
+			continue
+		}
+		x.add("hn:", name)
+		n := 0
+		for _, w := range words(f.Value, headerTokenLimit) {
+			x.add("h:"+name+":", w)
+			n++
+		}
+	}
+	body := words(m.Text, maxWords)
+	for _, w := range body {
+		x.add("w:", w)
+	}
+	if fs.Pairs {
+		osb(x, body)
+	}
+	for _, w := range words(m.HiddenText, 500) {
+		x.add("hid:", w)
+	}
+	for _, u := range m.URLs {
+		x.add("u:", u.Host)
+		if d := message.RegisteredDomain(u.Host); d != "" && d != u.Host {
+			x.add("u:", d)
+		}
+		if _, ok := message.HostIP(u.Host); ok {
+			x.add("meta:", "url_ip")
+		}
+	}
+	for _, a := range m.Attachments {
+		x.add("att:", a.ContentType)
+		if i := strings.LastIndexByte(a.Filename, '.'); i >= 0 && len(a.Filename)-i <= 8 {
+			x.add("att:ext:", strings.ToLower(a.Filename[i+1:]))
+		}
+	}
+	for _, r := range m.Malformed {
+		x.add("mal:", r)
+	}
+	if m.TextOnlyIn != "" {
+		x.add("meta:only:", m.TextOnlyIn)
+	}
+	if m.HiddenText != "" {
+		x.add("meta:", "hidden_text")
+	}
+	x.add("meta:urls:", bucket(len(m.URLs)))
+	x.add("meta:parts:", bucket(m.Parts))
+	return x.out
+}
+
+func isInteresting(name string) bool {
+	switch name {
+	case "x-mailer", "x-mimeole", "x-priority", "x-msmail-priority", "x-originating-ip":
+		return true
+	}
+	return false
+}
+
+func bucket(n int) string {
+	switch {
+	case n == 0:
+		return "0"
+	case n < 3:
+		return "1-2"
+	case n < 10:
+		return "3-9"
+	case n < 30:
+		return "10-29"
+	}
+	return "30+"
+}
+
+// osb adds orthogonal sparse bigrams: (w[i], w[i+d]) for d = 1..4.
+func osb(x *extractor, ws []string) {
+	for i := range ws {
+		for d := 1; d <= 4 && i+d < len(ws); d++ {
+			x.pair(ws[i], ws[i+d], d)
+		}
+	}
+}
+
+// words splits s into lower-case tokens: runs of letters, digits and the
+// joiners ' - . $ ! inside a word. Tokens longer than 20 bytes become a
+// "skip:" token naming their first letter and length class (SpamBayes);
+// single characters are dropped except digits and currency signs.
+func words(s string, max int) []string {
+	var out []string
+	start := -1
+	flush := func(end int) {
+		if start < 0 {
+			return
+		}
+		t := strings.Trim(s[start:end], "'-.!")
+		start = -1
+		if t == "" {
+			return
+		}
+		if len(t) > 20 {
+			r, _ := utf8.DecodeRuneInString(t)
+			out = append(out, "skip:"+string(unicode.ToLower(r))+strconv.Itoa(len(t)/10*10))
+			return
+		}
+		if len(t) == 1 && !(t[0] >= '0' && t[0] <= '9') && t != "$" {
+			return
+		}
+		out = append(out, strings.ToLower(t))
+	}
+	for i, r := range s {
+		if len(out) >= max {
+			return out
+		}
+		wordish := unicode.IsLetter(r) || unicode.IsDigit(r) || r == '$' || r == '\''
+		joiner := r == '-' || r == '.' || r == '!' || r == '@' || r == '_'
+		switch {
+		case wordish:
+			if start < 0 {
+				start = i
+			}
+		case joiner && start >= 0:
+			// stays inside the token
+		default:
+			flush(i)
+		}
+	}
+	flush(len(s))
+	if len(out) > max {
+		out = out[:max]
+	}
+	return out
+}
+
+// sortFeatures orders features by hash (for batched store access with
+// good locality).
+func sortFeatures(fs []Feature) {
+	sort.Slice(fs, func(i, j int) bool { return fs[i].Hash < fs[j].Hash })
+}

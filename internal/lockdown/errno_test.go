@@ -1,0 +1,5 @@
+package lockdown
+
+import "syscall"
+
+func errConnRefused() error { return syscall.ECONNREFUSED }

@@ -1,0 +1,555 @@
+package queue
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ErrHeld is returned by RetryNow for a message on hold.
+var ErrHeld = errors.New("queue: message is on hold (release it first)")
+
+func (q *Queue) summaryLocked(e *entry) Summary {
+	s := Summary{Envelope: *cloneEnv(e.env), Held: e.dir == dirHold}
+	first := true
+	for _, r := range e.env.Rcpts {
+		if r.Status == StatusPending && (first || r.Next.Before(s.NextAttempt)) {
+			s.NextAttempt, first = r.Next, false
+		}
+	}
+	return s
+}
+
+func summarize(env *Envelope, held bool) Summary {
+	s := Summary{Envelope: *env, Held: held}
+	first := true
+	for _, r := range env.Rcpts {
+		if r.Status == StatusPending && (first || r.Next.Before(s.NextAttempt)) {
+			s.NextAttempt, first = r.Next, false
+		}
+	}
+	return s
+}
+
+func (f Filter) match(s *Summary) bool {
+	if f.HeldOnly && !s.Held {
+		return false
+	}
+	if f.Domain == "" {
+		return true
+	}
+	return hasPendingIn(&s.Envelope, f.Domain)
+}
+
+func hasPendingIn(env *Envelope, domain string) bool {
+	for _, r := range env.Rcpts {
+		if r.Status == StatusPending && (strings.EqualFold(r.Domain, domain) ||
+			strings.HasSuffix(strings.ToLower(r.Addr), "@"+strings.ToLower(domain))) {
+			return true
+		}
+	}
+	return false
+}
+
+// List returns the queued messages matching f, oldest first.
+func (q *Queue) List(f Filter) []Summary {
+	q.mu.Lock()
+	out := make([]Summary, 0, len(q.msgs))
+	for _, e := range q.msgs {
+		s := summarize(cloneEnv(e.env), e.dir == dirHold)
+		if f.match(&s) {
+			out = append(out, s)
+		}
+	}
+	q.mu.Unlock()
+	slices.SortFunc(out, func(a, b Summary) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Show returns one message.
+func (q *Queue) Show(id string) (Summary, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	e := q.msgs[id]
+	if e == nil {
+		return Summary{}, ErrNotFound
+	}
+	return summarize(cloneEnv(e.env), e.dir == dirHold), nil
+}
+
+// lockEntry returns the entry with its pmu held, or nil.
+func (q *Queue) lockEntry(id string) *entry {
+	q.mu.Lock()
+	e := q.msgs[id]
+	q.mu.Unlock()
+	if e == nil {
+		return nil
+	}
+	e.pmu.Lock()
+	return e
+}
+
+// RetryNow makes every pending recipient of the message due now.
+func (q *Queue) RetryNow(id string) error {
+	e := q.lockEntry(id)
+	if e == nil {
+		return ErrNotFound
+	}
+	defer e.pmu.Unlock()
+	q.mu.Lock()
+	if e.gone {
+		q.mu.Unlock()
+		return ErrNotFound
+	}
+	if e.dir == dirHold {
+		q.mu.Unlock()
+		return ErrHeld
+	}
+	q.dueNowLocked(e, "")
+	snap, dir := cloneEnv(e.env), e.dir
+	q.mu.Unlock()
+	q.log.Info("queue: retry requested", "queue_id", id)
+	q.signal()
+	return q.persist(snap, dir)
+}
+
+func (q *Queue) dueNowLocked(e *entry, domain string) {
+	now := q.now()
+	for i := range e.env.Rcpts {
+		r := &e.env.Rcpts[i]
+		if r.Status == StatusPending && (domain == "" || strings.EqualFold(r.Domain, domain) ||
+			strings.HasSuffix(strings.ToLower(r.Addr), "@"+strings.ToLower(domain))) {
+			r.Next = now
+		}
+	}
+	q.scheduleLocked(e)
+}
+
+// RetryDomain makes every pending recipient in domain due now ("the
+// customer's server is back") and returns how many messages it touched.
+// Held messages stay held.
+func (q *Queue) RetryDomain(domain string) int {
+	q.mu.Lock()
+	var ids []string
+	for id, e := range q.msgs {
+		if e.dir != dirHold && hasPendingIn(e.env, domain) {
+			ids = append(ids, id)
+		}
+	}
+	q.mu.Unlock()
+	n := 0
+	for _, id := range ids {
+		e := q.lockEntry(id)
+		if e == nil {
+			continue
+		}
+		q.mu.Lock()
+		if e.gone || e.dir == dirHold {
+			q.mu.Unlock()
+			e.pmu.Unlock()
+			continue
+		}
+		q.dueNowLocked(e, domain)
+		snap, dir := cloneEnv(e.env), e.dir
+		q.mu.Unlock()
+		if err := q.persist(snap, dir); err != nil {
+			q.log.Error("queue: cannot persist envelope", "queue_id", id, "err", err)
+		}
+		e.pmu.Unlock()
+		n++
+	}
+	q.log.Info("queue: domain retry requested", "domain", domain, "messages", n)
+	q.signal()
+	return n
+}
+
+// Delete removes a message without a DSN. A delivery in flight finishes,
+// but its result is discarded.
+func (q *Queue) Delete(id string) error {
+	e := q.lockEntry(id)
+	if e == nil {
+		return ErrNotFound
+	}
+	defer e.pmu.Unlock()
+	q.mu.Lock()
+	if e.gone {
+		q.mu.Unlock()
+		return ErrNotFound
+	}
+	e.gone = true
+	delete(q.msgs, id)
+	q.unscheduleLocked(e)
+	dir := e.dir
+	q.mu.Unlock()
+	if err := q.removeFiles(id, dir); err != nil {
+		return err
+	}
+	q.log.Info("queue: deleted by admin", "queue_id", id)
+	return q.syncDir(dir)
+}
+
+// Hold moves a message to hold/: it is kept but not delivered until
+// Release. A delivery in flight finishes and its result is recorded.
+func (q *Queue) Hold(id string) error { return q.move(id, dirReady, dirHold) }
+
+// Release moves a held message back to ready/ and makes it due now.
+func (q *Queue) Release(id string) error { return q.move(id, dirHold, dirReady) }
+
+func (q *Queue) move(id, from, to string) error {
+	e := q.lockEntry(id)
+	if e == nil {
+		return ErrNotFound
+	}
+	defer e.pmu.Unlock()
+	q.mu.Lock()
+	if e.gone {
+		q.mu.Unlock()
+		return ErrNotFound
+	}
+	if e.dir != from {
+		q.mu.Unlock()
+		return nil // already there
+	}
+	if to == dirHold {
+		e.dir = dirHold // stop new attempts while the files move
+		q.unscheduleLocked(e)
+	}
+	q.mu.Unlock()
+
+	// The bytes first, then the marker: recovery completes a move
+	// interrupted in between.
+	err := q.commit([]renameOp{
+		{path(from, id, ".eml"), path(to, id, ".eml")},
+		{path(from, id, ".env"), path(to, id, ".env")},
+	}, bitReady|bitHold)
+
+	q.mu.Lock()
+	if err != nil {
+		e.dir = from
+		q.scheduleLocked(e)
+		q.mu.Unlock()
+		return err
+	}
+	e.dir = to
+	if to == dirReady {
+		q.dueNowLocked(e, "")
+	}
+	q.mu.Unlock()
+	q.signal()
+	q.log.Info("queue: moved by admin", "queue_id", id, "to", to)
+	return nil
+}
+
+// Control requests: `moat queue` writes control/<reqid>.req while the
+// daemon holds the spool lock; the daemon answers in control/<reqid>.resp.
+
+type ctlRequest struct {
+	Op     string `json:"op"` // retry, retry-domain, delete, hold, release
+	ID     string `json:"id,omitempty"`
+	Domain string `json:"domain,omitempty"`
+}
+
+type ctlResponse struct {
+	OK       bool   `json:"ok"`
+	NotFound bool   `json:"not_found,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Count    int    `json:"count,omitempty"`
+}
+
+func (q *Queue) exec(r ctlRequest) ctlResponse {
+	var err error
+	var n int
+	switch r.Op {
+	case "retry":
+		err = q.RetryNow(r.ID)
+	case "retry-domain":
+		if r.Domain == "" {
+			err = errors.New("empty domain")
+		} else {
+			n = q.RetryDomain(r.Domain)
+		}
+	case "delete":
+		err = q.Delete(r.ID)
+	case "hold":
+		err = q.Hold(r.ID)
+	case "release":
+		err = q.Release(r.ID)
+	default:
+		err = fmt.Errorf("unknown operation %q", r.Op)
+	}
+	switch {
+	case err == nil:
+		return ctlResponse{OK: true, Count: n}
+	case errors.Is(err, ErrNotFound):
+		return ctlResponse{NotFound: true, Error: err.Error()}
+	default:
+		return ctlResponse{Error: err.Error()}
+	}
+}
+
+// pollControl answers pending control requests.
+func (q *Queue) pollControl() {
+	ents, err := q.readDir(dirControl)
+	if err != nil {
+		q.log.Error("queue: cannot read control directory", "err", err)
+		return
+	}
+	old := q.now().Add(-time.Minute)
+	for _, de := range ents {
+		name := de.Name()
+		id, ext, _ := strings.Cut(name, ".")
+		if ext != "req" || !ValidID(id) {
+			// Answers nobody collected, and stray files.
+			if info, err := de.Info(); err == nil && info.ModTime().Before(old) {
+				q.root.Remove(dirControl + "/" + name)
+			}
+			continue
+		}
+		b, err := q.readFileLimit(dirControl+"/"+name, 64<<10)
+		var resp ctlResponse
+		var req ctlRequest
+		if err == nil {
+			err = json.Unmarshal(b, &req)
+		}
+		if err != nil {
+			resp = ctlResponse{Error: "bad request: " + err.Error()}
+		} else {
+			q.log.Info("queue: control request", "op", req.Op, "queue_id", req.ID, "domain", req.Domain)
+			resp = q.exec(req)
+		}
+		out, _ := json.Marshal(resp)
+		if err := q.writeAtomic(dirControl+"/"+id+".resp", out); err != nil {
+			q.log.Error("queue: cannot answer control request", "err", err)
+		}
+		q.root.Remove(dirControl + "/" + name)
+	}
+}
+
+// writeAtomic writes name via a temporary file and a rename.
+func writeAtomic(root *os.Root, name string, b []byte) error {
+	tmp := name + ".tmp"
+	if err := root.WriteFile(tmp, b, fileMode); err != nil {
+		return err
+	}
+	if err := root.Rename(tmp, name); err != nil {
+		root.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+func (q *Queue) writeAtomic(name string, b []byte) error { return writeAtomic(q.root, name, b) }
+
+// Client steers a spool from another process (`moat queue`). Reads go to
+// the files directly. Changes are made directly when no daemon holds the
+// spool lock, and otherwise are handed to the daemon through control/,
+// which answers within about a second.
+type Client struct {
+	dir string
+	// Timeout bounds the wait for the daemon's answer (default 10 s).
+	Timeout time.Duration
+	// Log receives the recovery log of a direct (daemon-less) change.
+	Log *slog.Logger
+}
+
+// NewClient returns a Client for the spool in dir.
+func NewClient(dir string) *Client { return &Client{dir: dir, Timeout: 10 * time.Second} }
+
+func (c *Client) openRoot() (*os.Root, error) {
+	root, err := os.OpenRoot(c.dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool_dir %s: %w", c.dir, err)
+	}
+	if _, err := root.Stat(dirReady); err != nil {
+		root.Close()
+		return nil, fmt.Errorf("spool_dir %s: not a Moat spool: %w", c.dir, err)
+	}
+	return root, nil
+}
+
+// List reads the queued messages matching f from disk, oldest first.
+func (c *Client) List(f Filter) ([]Summary, error) {
+	root, err := c.openRoot()
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	var out []Summary
+	for _, dir := range []string{dirReady, dirHold} {
+		d, err := root.Open(dir)
+		if err != nil {
+			return nil, err
+		}
+		ents, err := d.ReadDir(-1)
+		d.Close()
+		if err != nil {
+			return nil, err
+		}
+		for _, de := range ents {
+			id, ext, _ := strings.Cut(de.Name(), ".")
+			if ext != "env" || !ValidID(id) {
+				continue
+			}
+			env, err := readEnv(root, dir, id)
+			if err != nil {
+				continue // removed meanwhile, or corrupt (recovery handles it)
+			}
+			s := summarize(env, dir == dirHold)
+			if f.match(&s) {
+				out = append(out, s)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b Summary) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
+}
+
+func readEnv(root *os.Root, dir, id string) (*Envelope, error) {
+	b, err := root.ReadFile(path(dir, id, ".env"))
+	if err != nil {
+		return nil, err
+	}
+	return parseEnvelope(b, id)
+}
+
+// Show reads one message from disk.
+func (c *Client) Show(id string) (Summary, error) {
+	if !ValidID(id) {
+		return Summary{}, ErrNotFound
+	}
+	root, err := c.openRoot()
+	if err != nil {
+		return Summary{}, err
+	}
+	defer root.Close()
+	for _, dir := range []string{dirReady, dirHold} {
+		env, err := readEnv(root, dir, id)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return Summary{}, fmt.Errorf("%s: %w", id, err)
+		}
+		return summarize(env, dir == dirHold), nil
+	}
+	return Summary{}, ErrNotFound
+}
+
+// RetryNow makes the message's pending recipients due now.
+func (c *Client) RetryNow(id string) error {
+	_, err := c.do(ctlRequest{Op: "retry", ID: id})
+	return err
+}
+
+// RetryDomain makes every pending recipient in domain due now and returns
+// how many messages were touched.
+func (c *Client) RetryDomain(domain string) (int, error) {
+	return c.do(ctlRequest{Op: "retry-domain", Domain: domain})
+}
+
+// Delete removes a message without a DSN.
+func (c *Client) Delete(id string) error {
+	_, err := c.do(ctlRequest{Op: "delete", ID: id})
+	return err
+}
+
+// Hold puts a message on hold.
+func (c *Client) Hold(id string) error { _, err := c.do(ctlRequest{Op: "hold", ID: id}); return err }
+
+// Release returns a held message to delivery.
+func (c *Client) Release(id string) error {
+	_, err := c.do(ctlRequest{Op: "release", ID: id})
+	return err
+}
+
+func (c *Client) do(req ctlRequest) (int, error) {
+	if req.Op != "retry-domain" && !ValidID(req.ID) {
+		return 0, ErrNotFound
+	}
+	root, err := c.openRoot()
+	if err != nil {
+		return 0, err
+	}
+	defer root.Close()
+	lock, err := tryLock(root)
+	if err != nil {
+		return 0, err
+	}
+	if lock != nil {
+		return c.direct(root, lock, req)
+	}
+	reqID := newID(time.Now())
+	reqName := dirControl + "/" + reqID + ".req"
+	respName := dirControl + "/" + reqID + ".resp"
+	b, _ := json.Marshal(req)
+	if err := writeAtomic(root, reqName, b); err != nil {
+		return 0, fmt.Errorf("writing control request: %w", err)
+	}
+	timeout := c.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if b, err := root.ReadFile(respName); err == nil {
+			root.Remove(respName)
+			var resp ctlResponse
+			if err := json.Unmarshal(b, &resp); err != nil {
+				return 0, fmt.Errorf("bad answer from the daemon: %w", err)
+			}
+			return resp.result()
+		}
+		// The daemon may have stopped: then do it ourselves.
+		if lock, err := tryLock(root); err == nil && lock != nil {
+			if root.Remove(reqName) == nil {
+				return c.direct(root, lock, req)
+			}
+			lock.Close() // it was taken: the answer is coming
+		}
+		if time.Now().After(deadline) {
+			if root.Remove(reqName) == nil {
+				return 0, errors.New("the daemon holding the spool lock did not answer")
+			}
+			deadline = time.Now().Add(timeout) // being processed now
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (r ctlResponse) result() (int, error) {
+	switch {
+	case r.OK:
+		return r.Count, nil
+	case r.NotFound:
+		return 0, ErrNotFound
+	default:
+		return 0, errors.New(r.Error)
+	}
+}
+
+// direct performs req on the spool while holding its lock.
+func (c *Client) direct(root *os.Root, lock *os.File, req ctlRequest) (int, error) {
+	cfg := DefaultConfig()
+	cfg.SpoolDir = c.dir
+	// openLocked takes over root and lock; Close releases both, so give
+	// it its own handle to the root.
+	own, err := os.OpenRoot(c.dir)
+	if err != nil {
+		lock.Close()
+		return 0, err
+	}
+	q, err := openLocked(cfg, nil, c.Log, nil, own, lock)
+	if err != nil {
+		lock.Close()
+		own.Close()
+		return 0, err
+	}
+	defer q.Close()
+	return q.exec(req).result()
+}

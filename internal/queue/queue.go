@@ -1,0 +1,312 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Queue is the durable spool plus the delivery scheduler.
+type Queue struct {
+	cfg  Config
+	d    Deliverer
+	log  *slog.Logger
+	root *os.Root
+	lock *os.File
+	m    *metrics
+	now  func() time.Time
+	seq  atomic.Uint64
+
+	commitCh    chan *commitReq
+	stopCommit  chan struct{}
+	commitDone  chan struct{}
+	closed      atomic.Bool
+	closeOnce   sync.Once
+	syncDirHook func(dir string) error // tests: inject fsync failures
+	ctlInterval time.Duration          // how often Run looks for control requests
+
+	wake     chan struct{}
+	inflight sync.WaitGroup
+	dctx     context.Context // deliveries; cancelled after the shutdown grace
+	dcancel  context.CancelFunc
+
+	mu        sync.Mutex
+	msgs      map[string]*entry
+	heap      jobHeap
+	parked    map[string][]*job // due, but their domain is at per_domain
+	active    int
+	domActive map[string]int
+	running   bool // Run is dispatching
+}
+
+// entry is one message known to the scheduler. Its fields are guarded by
+// Queue.mu; pmu serialises file changes (persist, hold, delete).
+type entry struct {
+	env     *Envelope
+	dir     string // dirReady or dirHold
+	jobs    map[string]*job
+	running int
+	gone    bool // deleted or finished
+	pmu     sync.Mutex
+}
+
+// Open opens (creating if needed) the spool in cfg.SpoolDir, takes its lock
+// (waiting up to 5 s for a `moat queue` command to finish), recovers state
+// from disk and starts the group committer. Call Run to deliver and Close
+// when done. reg may be nil (metrics are then not exported).
+func Open(cfg Config, d Deliverer, log *slog.Logger, reg prometheus.Registerer) (*Queue, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	root, err := ensureLayout(cfg.SpoolDir)
+	if err != nil {
+		return nil, fmt.Errorf("queue: spool_dir: %w", err)
+	}
+	var lock *os.File
+	for i := 0; ; i++ {
+		lock, err = tryLock(root)
+		if err != nil || lock != nil {
+			break
+		}
+		if i == 100 {
+			root.Close()
+			return nil, fmt.Errorf("queue: spool_dir %s is locked by another process (is moat serve running?)", cfg.SpoolDir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("queue: lock: %w", err)
+	}
+	q, err := openLocked(cfg, d, log, reg, root, lock)
+	if err != nil {
+		lock.Close()
+		root.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+func openLocked(cfg Config, d Deliverer, log *slog.Logger, reg prometheus.Registerer, root *os.Root, lock *os.File) (*Queue, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	q := &Queue{
+		cfg:         cfg,
+		d:           d,
+		log:         log,
+		root:        root,
+		lock:        lock,
+		now:         time.Now,
+		ctlInterval: time.Second,
+		commitCh:    make(chan *commitReq),
+		stopCommit:  make(chan struct{}),
+		commitDone:  make(chan struct{}),
+		wake:        make(chan struct{}, 1),
+		msgs:        make(map[string]*entry),
+		parked:      make(map[string][]*job),
+		domActive:   make(map[string]int),
+	}
+	q.dctx, q.dcancel = context.WithCancel(context.Background())
+	m, err := newMetrics(q, reg)
+	if err != nil {
+		return nil, err
+	}
+	q.m = m
+	if err := q.recover(); err != nil {
+		return nil, err
+	}
+	go q.committer()
+	return q, nil
+}
+
+// Close stops the committer and releases the spool lock. Call it after Run
+// has returned. Commits in progress finish first; later ones fail.
+func (q *Queue) Close() error {
+	q.closeOnce.Do(func() {
+		q.closed.Store(true)
+		close(q.stopCommit)
+		<-q.commitDone
+		q.dcancel()
+		q.lock.Close() // releases the flock
+		q.root.Close()
+	})
+	return nil
+}
+
+// recover rebuilds the in-memory state from the spool.
+func (q *Queue) recover() error {
+	// tmp/: drafts and envelope rewrites of a previous run.
+	ents, err := q.readDir(dirTmp)
+	if err != nil {
+		return err
+	}
+	cutoff := q.now().Add(-time.Minute)
+	for _, de := range ents {
+		if info, err := de.Info(); err == nil && info.ModTime().Before(cutoff) {
+			q.root.Remove(dirTmp + "/" + de.Name())
+		}
+	}
+	names := map[string]map[string]bool{}
+	for _, dir := range []string{dirReady, dirHold} {
+		ents, err := q.readDir(dir)
+		if err != nil {
+			return err
+		}
+		names[dir] = map[string]bool{}
+		for _, de := range ents {
+			names[dir][de.Name()] = true
+		}
+	}
+	other := map[string]string{dirReady: dirHold, dirHold: dirReady}
+	for _, dir := range []string{dirReady, dirHold} {
+		for name := range names[dir] {
+			id, ext, _ := strings.Cut(name, ".")
+			switch {
+			case !ValidID(id) || (ext != "env" && ext != "eml"):
+				q.log.Warn("queue: unexpected file in spool, moved to corrupt/", "file", dir+"/"+name)
+				q.toCorrupt(dir + "/" + name)
+			case ext == "eml":
+				if names[dir][id+".env"] || names[other[dir]][id+".env"] {
+					continue
+				}
+				// Bytes without a commit marker: an uncommitted draft.
+				q.log.Info("queue: removing uncommitted message", "queue_id", id, "file", dir+"/"+name)
+				q.root.Remove(dir + "/" + name)
+			case ext == "env":
+				if !names[dir][id+".eml"] {
+					// A hold/release interrupted between its two renames.
+					if names[other[dir]][id+".eml"] && q.root.Rename(path(other[dir], id, ".eml"), path(dir, id, ".eml")) == nil {
+						q.log.Info("queue: completed an interrupted move", "queue_id", id, "dir", dir)
+					} else {
+						q.log.Error("queue: envelope without message, moved to corrupt/", "queue_id", id, "dir", dir)
+						q.toCorrupt(path(dir, id, ".env"))
+						continue
+					}
+				}
+				q.load(id, dir)
+			}
+		}
+	}
+	return nil
+}
+
+func (q *Queue) readDir(dir string) ([]fs.DirEntry, error) {
+	f, err := q.root.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.ReadDir(-1)
+}
+
+const maxEnvSize = 16 << 20
+
+// load reads one committed message into the scheduler.
+func (q *Queue) load(id, dir string) {
+	b, err := q.readFileLimit(path(dir, id, ".env"), maxEnvSize)
+	var env *Envelope
+	if err == nil {
+		env, err = parseEnvelope(b, id)
+	}
+	if err != nil {
+		q.log.Error("queue: unreadable envelope, moved to corrupt/", "queue_id", id, "dir", dir, "err", err)
+		q.toCorrupt(path(dir, id, ".env"))
+		q.toCorrupt(path(dir, id, ".eml"))
+		return
+	}
+	if pendingCount(env) == 0 {
+		q.log.Info("queue: removing finished message", "queue_id", id)
+		q.removeFiles(id, dir)
+		return
+	}
+	q.add(env, dir)
+}
+
+func (q *Queue) readFileLimit(name string, limit int64) ([]byte, error) {
+	f, err := q.root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes is too large", name, st.Size())
+	}
+	b := make([]byte, st.Size())
+	_, err = f.ReadAt(b, 0)
+	return b, err
+}
+
+// toCorrupt moves a spool file into corrupt/, never overwriting.
+func (q *Queue) toCorrupt(name string) {
+	base := name[strings.LastIndexByte(name, '/')+1:]
+	dst := dirCorrupt + "/" + base
+	if _, err := q.root.Lstat(dst); err == nil {
+		dst = fmt.Sprintf("%s.%d", dst, q.now().UnixNano())
+	}
+	if err := q.root.Rename(name, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		q.log.Error("queue: cannot move to corrupt/", "file", name, "err", err)
+	}
+}
+
+// removeFiles deletes a message: the marker first, then the bytes, so a
+// crash in between leaves an uncommitted .eml that recovery removes.
+func (q *Queue) removeFiles(id, dir string) error {
+	err := q.root.Remove(path(dir, id, ".env"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	err = q.root.Remove(path(dir, id, ".eml"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func pendingCount(env *Envelope) int {
+	n := 0
+	for _, r := range env.Rcpts {
+		if r.Status == StatusPending {
+			n++
+		}
+	}
+	return n
+}
+
+type queueStats struct {
+	messages, rcpts int
+	oldest          float64
+}
+
+func (q *Queue) stats() queueStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s := queueStats{messages: len(q.msgs)}
+	var oldest time.Time
+	for _, e := range q.msgs {
+		s.rcpts += pendingCount(e.env)
+		if oldest.IsZero() || e.env.Received.Before(oldest) {
+			oldest = e.env.Received
+		}
+	}
+	if !oldest.IsZero() {
+		s.oldest = q.now().Sub(oldest).Seconds()
+	}
+	return s
+}

@@ -1,0 +1,525 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/textproto"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/policy"
+	"moat.dev/moat/internal/queue"
+	"moat.dev/moat/internal/verdict"
+)
+
+// Replies with generic texts. Internal errors are always temporary.
+var (
+	replyInternal  = verdict.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "Temporary local problem, please try again later"}
+	replyRelay     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Relaying denied"}
+	replySmuggling = verdict.Reply{Code: 550, Enhanced: [3]int{5, 6, 0}, Text: "Message contains bare CR/LF or NUL (see RFC 5321 2.3.8)"}
+	// A text line over 1000 octets breaks RFC 5321 4.5.3.1.6 and RFC 5322
+	// 2.1.1. Moat writes the bytes once and never rewrites them (folding
+	// would break DKIM), and backends differ in what they do with such
+	// lines (truncate, fold, refuse), so the message is refused at the end
+	// of DATA with a permanent media error, as Exchange Online and several
+	// gateways do; raise max_line_length to be more lenient.
+	replyLongLine = verdict.Reply{Code: 554, Enhanced: [3]int{5, 6, 0}, Text: "Message contains a line longer than 1000 octets (RFC 5321 4.5.3.1.6)"}
+	replyTooBig   = verdict.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Text: "Message size exceeds fixed limit"}
+	replySequence = verdict.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Text: "Send HELO/EHLO first"}
+	replyDrop     = verdict.Reply{Code: 421, Enhanced: [3]int{4, 7, 0}, Text: "Service not available, closing connection"}
+	replyPolicy   = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message refused by policy"}
+	replyTempPol  = verdict.Reply{Code: 451, Enhanced: [3]int{4, 7, 1}, Text: "Try again later"}
+)
+
+// session implements go-smtp's Session for one connection.
+type session struct {
+	srv *Server
+	c   *sconn
+	txn *txnState
+}
+
+type txnState struct {
+	t        *pipeline.Txn
+	start    time.Time
+	eightBit bool
+	utf8     bool
+	refused  int
+	logged   bool
+}
+
+func (s *Server) newSession(gc *smtp.Conn) (smtp.Session, error) {
+	c, ok := gc.Conn().(*sconn)
+	if !ok {
+		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: replyInternal.Text}
+	}
+	return &session{srv: s, c: c}, nil
+}
+
+// fail returns the error go-smtp turns into r, and tells sconn why, for
+// the metrics and the error count.
+func (s *session) fail(reason string, r verdict.Reply, countErr bool) error {
+	s.c.reason, s.c.countErr = reason, countErr
+	return smtpErr(r)
+}
+
+func smtpErr(r verdict.Reply) *smtp.SMTPError {
+	if r.Code < 200 || r.Code > 599 {
+		r = replyInternal
+	}
+	if r.Enhanced[0] != r.Code/100 {
+		r.Enhanced = [3]int{r.Code / 100, 0, 0}
+	}
+	return &smtp.SMTPError{Code: r.Code, EnhancedCode: smtp.EnhancedCode(r.Enhanced), Message: cleanText(r.Text)}
+}
+
+// cleanText keeps a reply text on one printable line.
+func cleanText(s string) string {
+	if s == "" {
+		return "Error"
+	}
+	ok := true
+	for i := 0; i < len(s); i++ {
+		if s[i] < ' ' || s[i] == 0x7f {
+			ok = false
+			break
+		}
+	}
+	if ok && len(s) <= 400 {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < ' ' || c == 0x7f {
+			b[i] = ' '
+		}
+	}
+	if len(b) > 400 {
+		b = b[:400]
+	}
+	return string(b)
+}
+
+// recoverTo turns a panic in a session method into 451 4.3.0.
+func (s *session) recoverTo(err *error, d *Draft) {
+	if p := recover(); p != nil {
+		s.c.log.Error("panic in SMTP session", "panic", p)
+		if d != nil && *d != nil {
+			(*d).Abort()
+		}
+		*err = s.fail("internal", replyInternal, false)
+	}
+}
+
+func (s *session) Reset() {
+	s.endTxn("no_data")
+}
+
+func (s *session) Logout() error {
+	s.endTxn("no_data")
+	return nil
+}
+
+// endTxn logs a transaction that ended without a DATA outcome.
+func (s *session) endTxn(outcome string) {
+	if t := s.txn; t != nil && !t.logged {
+		t.logged = true
+		s.srv.metrics.transactions.WithLabelValues(outcome).Inc()
+		s.logTxn(t, outcome, nil, 0, s.c.lastReply)
+	}
+	s.txn = nil
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
+	defer s.recoverTo(&err, nil)
+	s.endTxn("no_data")
+	if !s.c.heloSeen {
+		return s.fail("sequence", replySequence, true)
+	}
+	if !s.c.heloRan {
+		s.c.runHelo()
+	}
+	pa := s.c.cmdAddr
+	s.c.txns++
+	t := &txnState{
+		t: &pipeline.Txn{
+			Conn:   s.c.pc,
+			From:   pa.Addr,
+			Size:   opts.Size,
+			Report: &verdict.Report{},
+			Log:    s.c.log,
+		},
+		start:    time.Now(),
+		eightBit: opts.Body == smtp.Body8BitMIME,
+		utf8:     opts.UTF8,
+	}
+	s.txn = t
+	dec := s.srv.runner.Mail(s.c.ctx, t.t)
+	if dec.Action == verdict.Drop {
+		s.c.dead = io.EOF
+		s.c.endReason = "dropped"
+		return s.fail("drop", replyDrop, false)
+	}
+	// Other MAIL verdicts are held: Runner.Rcpt decides over them.
+	return nil
+}
+
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
+	defer s.recoverTo(&err, nil)
+	t := s.txn
+	if t == nil {
+		return s.fail("sequence", verdict.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Text: "Need MAIL first"}, true)
+	}
+	pa := s.c.cmdAddr
+	ok, derr := s.srv.deps.Domains(s.c.ctx, pa.Lookup)
+	if derr != nil {
+		t.refused++
+		t.t.Log.Warn("domain lookup failed", "domain", pa.Lookup, "err", derr)
+		return s.fail("domain_store", replyInternal, false)
+	}
+	if !ok {
+		t.refused++
+		return s.fail("relay", replyRelay, true)
+	}
+	rc := &pipeline.Rcpt{Addr: pa.Addr, Domain: pa.Lookup, Report: &verdict.Report{}}
+	dec := s.srv.runner.Rcpt(s.c.ctx, t.t, rc)
+	switch dec.Action {
+	case verdict.Drop:
+		t.refused++
+		s.c.dead = io.EOF
+		s.c.endReason = "dropped"
+		return s.fail("drop", replyDrop, false)
+	case verdict.Reject:
+		t.refused++
+		r := dec.Reply
+		if r.Code/100 != 5 {
+			r = replyPolicy
+		}
+		return s.fail("policy", r, false)
+	case verdict.TempFail:
+		t.refused++
+		r := dec.Reply
+		if r.Code/100 != 4 {
+			r = replyTempPol
+		}
+		return s.fail("policy", r, false)
+	}
+	// Several customer domains may share a transaction: DATA is decided
+	// under the first recipient's domain's policy (Runner.Data does so),
+	// and the queue splits deliveries per domain.
+	t.t.Rcpts = append(t.t.Rcpts, rc)
+	return nil
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+const maxHeaderCapture = 64 << 10
+
+func (s *session) Data(r io.Reader) (err error) {
+	var d Draft // nil again once committed, aborted or handed over
+	defer s.recoverTo(&err, &d)
+	abort := func() { d.Abort(); d = nil }
+	t := s.txn
+	if t == nil || len(t.t.Rcpts) == 0 || !s.c.heloSeen {
+		return s.fail("sequence", verdict.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Text: "Need MAIL and RCPT first"}, true)
+	}
+	t.logged = true
+	d, err = s.srv.deps.Spool.NewDraft()
+	if err != nil || d == nil {
+		t.t.Log.Error("cannot create draft", "err", err)
+		return s.finish(t, nil, "tempfailed", "spool", replyInternal, 0)
+	}
+	t.t.ID = d.ID()
+	t.t.Log = t.t.Log.With("queue_id", t.t.ID)
+
+	// Stream into the draft in 32 KiB writes (go-smtp's reader fills the
+	// whole buffer), keeping the header's first 64 KiB to parse it once.
+	bp := bufPool.Get().(*[]byte)
+	buf := *bp
+	var hdr []byte
+	hdrDone := false
+	var size int64
+	var rerr, werr error
+	for {
+		n, e := r.Read(buf)
+		if n > 0 {
+			if !hdrDone {
+				from := max(0, len(hdr)-3)
+				hdr = append(hdr, buf[:min(n, maxHeaderCapture-len(hdr))]...)
+				if i := bytes.Index(hdr[from:], []byte("\r\n\r\n")); i >= 0 {
+					hdr = hdr[:from+i+4]
+					hdrDone = true
+				} else if len(hdr) >= maxHeaderCapture {
+					hdrDone = true
+				}
+			}
+			size += int64(n)
+			if werr == nil {
+				_, werr = d.Write(buf[:n])
+			}
+		}
+		if e != nil {
+			if e != io.EOF {
+				rerr = e
+			}
+			break
+		}
+	}
+	bufPool.Put(bp)
+	s.srv.metrics.bytes.Add(float64(size))
+	switch {
+	case rerr != nil:
+		abort()
+		var se *smtp.SMTPError
+		if errors.As(rerr, &se) && se.Code == 552 {
+			return s.finish(t, nil, "rejected", "size", replyTooBig, size)
+		}
+		if s.c.dtimout {
+			s.c.dead = io.EOF
+			return s.finish(t, nil, "tempfailed", "timeout",
+				verdict.Reply{Code: 421, Enhanced: [3]int{4, 4, 2}, Text: "Timeout during DATA, closing connection"}, size)
+		}
+		return s.finish(t, nil, "tempfailed", "client", replyInternal, size)
+	case werr != nil:
+		abort()
+		t.t.Log.Error("writing draft", "err", werr)
+		return s.finish(t, nil, "tempfailed", "spool", replyInternal, size)
+	case s.c.dflags.smuggling():
+		abort()
+		f := s.c.dflags
+		t.t.Log.Info("bare CR/LF or NUL in DATA", "bare_cr", f.bareCR, "bare_lf", f.bareLF, "nul", f.nul)
+		return s.finish(t, nil, "rejected", "smuggling", replySmuggling, size)
+	case s.c.dflags.longLine:
+		abort()
+		return s.finish(t, nil, "rejected", "line_length", replyLongLine, size)
+	}
+
+	msg := &pipeline.Message{Header: parseHeader(hdr), Size: size, Open: d.Open}
+	dec := s.srv.runner.Data(s.c.ctx, t.t, msg)
+	switch dec.Action {
+	case verdict.Drop:
+		abort()
+		s.c.dead = io.EOF
+		s.c.endReason = "dropped"
+		return s.finish(t, &dec, "dropped", "drop", replyDrop, size)
+	case verdict.Reject:
+		abort()
+		r := dec.Reply
+		if r.Code/100 != 5 {
+			r = replyPolicy
+		}
+		return s.finish(t, &dec, "rejected", "policy", r, size)
+	case verdict.TempFail:
+		abort()
+		r := dec.Reply
+		if r.Code/100 != 4 {
+			r = replyTempPol
+		}
+		return s.finish(t, &dec, "tempfailed", "policy", r, size)
+	}
+	tagged := dec.Action == verdict.Tag || dec.Action == verdict.Quarantine
+	env := s.envelope(t, &dec, size, tagged)
+	queued := verdict.Reply{Code: 250, Enhanced: [3]int{2, 0, 0}, Text: "Ok: queued as " + t.t.ID}
+	if dec.Action == verdict.Quarantine && s.srv.deps.Quarantine != nil {
+		qerr := s.srv.deps.Quarantine(s.c.ctx, d, env, dec)
+		if qerr == nil {
+			d = nil
+		}
+		if qerr != nil {
+			abort()
+			t.t.Log.Error("quarantine failed", "err", qerr)
+			return s.finish(t, &dec, "tempfailed", "quarantine", replyInternal, size)
+		}
+		if dec.Reply.Code/100 == 5 || dec.Reply.Code/100 == 4 {
+			return s.finish(t, &dec, "quarantined", "quarantine", dec.Reply, size)
+		}
+		return s.finish(t, &dec, "quarantined", "", queued, size)
+	}
+	cerr := d.Commit(env)
+	if cerr == nil {
+		d = nil
+	}
+	if cerr != nil {
+		abort()
+		t.t.Log.Error("commit failed", "err", cerr)
+		return s.finish(t, &dec, "tempfailed", "spool", replyInternal, size)
+	}
+	outcome := "queued"
+	if tagged {
+		outcome = "tagged"
+	}
+	return s.finish(t, &dec, outcome, "", queued, size)
+}
+
+// finish logs the transaction and returns the reply for go-smtp. It is the
+// one exit of Data.
+func (s *session) finish(t *txnState, dec *policy.Decision, outcome, reason string, r verdict.Reply, size int64) error {
+	s.srv.metrics.transactions.WithLabelValues(outcome).Inc()
+	s.srv.metrics.dataLatency.Observe(time.Since(s.c.dataEnd(t.start)).Seconds())
+	e := smtpErr(r)
+	s.logTxn(t, outcome, dec, size, verdict.Reply{Code: e.Code, Enhanced: [3]int(e.EnhancedCode), Text: e.Message}.String())
+	if r.Code/100 == 2 {
+		s.c.reason, s.c.countErr = "", false
+		return e
+	}
+	return s.fail(reason, r, false)
+}
+
+func (s *session) logTxn(t *txnState, outcome string, dec *policy.Decision, size int64, reply string) {
+	rcpts := make([]string, len(t.t.Rcpts))
+	for i, rc := range t.t.Rcpts {
+		rcpts[i] = rc.Addr.String()
+	}
+	attrs := []any{
+		"queue_id", t.t.ID, "helo", s.c.pc.Helo, "from", t.t.From.String(), "rcpts", rcpts,
+		"refused_rcpts", t.refused, "size", size, "outcome", outcome, "reply", reply,
+		"elapsed", time.Since(t.start).Round(time.Microsecond),
+	}
+	if dec != nil {
+		syms := make([]string, len(dec.Counted))
+		for i, sym := range dec.Counted {
+			syms[i] = sym.Name
+		}
+		attrs = append(attrs, "action", dec.Action.String(), "score", dec.Score, "symbols", syms, "reason", dec.Reason)
+		if len(dec.Observed) > 0 {
+			attrs = append(attrs, "observed", dec.Observed)
+		}
+	}
+	s.c.log.Info("smtp transaction", attrs...)
+}
+
+// envelope builds the queue envelope and the header fields Moat prepends.
+func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged bool) *queue.Envelope {
+	pc := s.c.pc
+	proto := "SMTP"
+	if s.c.esmtp {
+		proto = "ESMTP"
+		if t.utf8 {
+			proto = "UTF8SMTP"
+		}
+	}
+	if s.c.tlsOn {
+		proto += "S"
+	}
+	env := &queue.Envelope{
+		ID:       t.t.ID,
+		From:     t.t.From.String(),
+		Received: time.Now().UTC(),
+		Client: queue.ClientInfo{
+			IP: pc.IP.String(), Port: pc.Port, Helo: pc.Helo, TLS: s.c.tlsOn, Proto: proto,
+		},
+		Size:     size,
+		EightBit: t.eightBit,
+		SMTPUTF8: t.utf8,
+	}
+	for _, rc := range t.t.Rcpts {
+		env.Rcpts = append(env.Rcpts, queue.RcptState{Addr: rc.Addr.String(), Domain: rc.Domain, Status: "pending"})
+	}
+	// Results of every phase: connection/HELO, transaction, recipients.
+	results := pc.Report.Results()
+	results = append(results, t.t.Report.Results()...)
+	for _, rc := range t.t.Rcpts {
+		results = append(results, rc.Report.Results()...)
+	}
+	var b strings.Builder
+	syms := append([]verdict.Symbol(nil), dec.Counted...)
+	sort.SliceStable(syms, func(i, j int) bool { return syms[i].Score > syms[j].Score })
+	checks := "score=" + verdict.FormatScore(dec.Score) + " action=" + dec.Action.String()
+	for _, sym := range syms {
+		checks += " " + sym.Name + "(" + verdict.FormatScore(sym.Score) + ")"
+	}
+	writeField(&b, "X-Moat-Checks", checks)
+	var auth []string
+	for _, r := range results {
+		auth = append(auth, r.Auth...)
+	}
+	ar := s.srv.cfg.Hostname
+	if len(auth) == 0 {
+		ar += "; none"
+	} else {
+		ar += "; " + strings.Join(auth, "; ")
+	}
+	writeField(&b, "Authentication-Results", ar)
+	for _, r := range results {
+		for _, f := range r.Headers {
+			if validFieldName(f.Name) {
+				writeField(&b, f.Name, f.Value)
+			}
+		}
+	}
+	if tagged {
+		writeField(&b, "X-Spam-Flag", "YES")
+		if dec.Action == verdict.Tag {
+			env.SubjectPrefix = "[SPAM] "
+		}
+	}
+	env.Prepend = b.String()
+	return env
+}
+
+func validFieldName(n string) bool {
+	if n == "" || len(n) > 76 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		if c := n[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// writeField writes "Name: value" CRLF, the value cleaned of control
+// characters (no header injection from check output) and folded at spaces
+// to keep lines under 78 octets where possible.
+func writeField(b *strings.Builder, name, value string) {
+	value = strings.Join(strings.FieldsFunc(value, func(r rune) bool {
+		return r == ' ' || r == '\t' || r < ' ' || r == 0x7f
+	}), " ")
+	b.WriteString(name)
+	b.WriteString(":")
+	col := len(name) + 1
+	for i, w := range strings.Split(value, " ") {
+		if i > 0 && col+1+len(w) > 78 {
+			b.WriteString("\r\n\t")
+			col = 1
+		} else {
+			b.WriteByte(' ')
+			col++
+		}
+		b.WriteString(w)
+		col += len(w)
+	}
+	b.WriteString("\r\n")
+}
+
+// parseHeader parses the captured header, tolerating garbage: whatever
+// could be parsed before an error is kept.
+func parseHeader(h []byte) textproto.MIMEHeader {
+	if !bytes.HasSuffix(h, []byte("\r\n\r\n")) {
+		h = append(h[:len(h):len(h)], "\r\n\r\n"...)
+	}
+	tr := textproto.NewReader(bufio.NewReader(bytes.NewReader(h)))
+	hdr, _ := tr.ReadMIMEHeader()
+	if hdr == nil {
+		hdr = textproto.MIMEHeader{}
+	}
+	return hdr
+}
+
+// dataEnd is when the DATA phase ended (for the latency histogram).
+func (c *sconn) dataEnd(start time.Time) time.Time {
+	if c.dataEndAt.Before(start) {
+		return time.Now()
+	}
+	return c.dataEndAt
+}
+
+var _ net.Conn = (*sconn)(nil)

@@ -1,0 +1,243 @@
+// Package e2e drives the built moat binary over real sockets: real SMTP
+// clients in, real backends (moat sink, Postfix) out.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+var moatBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "moat-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	moatBin = filepath.Join(dir, "moat")
+	build := exec.Command("go", "build", "-race", "-o", moatBin, "moat.dev/moat/cmd/moat")
+	if os.Getenv("MOAT_E2E_NORACE") != "" {
+		build = exec.Command("go", "build", "-o", moatBin, "moat.dev/moat/cmd/moat")
+	}
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building moat:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns a loopback address with a port that was free a moment ago.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// syncBuffer is a goroutine-safe log buffer.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// gateway is a moat serve process.
+type gateway struct {
+	t        testing.TB
+	dir      string
+	cfgPath  string
+	SMTP     string
+	HTTP     string
+	cmd      *exec.Cmd
+	log      *syncBuffer
+	waitDone chan struct{}
+}
+
+// writeConfig writes a config file with the given body; SMTP/HTTP listen
+// addresses and the data dir are filled in.
+func newGateway(t testing.TB, body string) *gateway {
+	t.Helper()
+	g := &gateway{t: t, dir: t.TempDir(), SMTP: freeAddr(t), HTTP: freeAddr(t)}
+	g.cfgPath = filepath.Join(g.dir, "moat.yaml")
+	cfg := fmt.Sprintf("hostname: moat.test\ndata_dir: %s\nhttp:\n  listen: %s\nsmtp:\n  listen: [%q]\n", filepath.Join(g.dir, "data"), g.HTTP, g.SMTP) + body
+	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		g.Stop()
+		if t.Failed() {
+			t.Logf("moat log:\n%s", g.log)
+		}
+	})
+	g.log = &syncBuffer{}
+	return g
+}
+
+// Start runs moat serve and waits until it accepts SMTP connections.
+func (g *gateway) Start() {
+	g.t.Helper()
+	g.cmd = exec.Command(moatBin, "serve", "--config", g.cfgPath)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	g.waitDone = make(chan struct{})
+	go func() { g.cmd.Wait(); close(g.waitDone) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", g.SMTP, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-g.waitDone:
+			g.t.Fatalf("moat serve exited early:\n%s", g.log)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	g.t.Fatalf("moat serve did not listen on %s:\n%s", g.SMTP, g.log)
+}
+
+// Kill sends SIGKILL and waits for the process to go.
+func (g *gateway) Kill() {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.waitDone
+	g.cmd = nil
+}
+
+// Stop asks for a clean shutdown (SIGTERM), then kills after 20 s.
+func (g *gateway) Stop() {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-g.waitDone:
+	case <-time.After(20 * time.Second):
+		g.t.Errorf("moat serve did not stop within 20s of SIGTERM")
+		g.Kill()
+	}
+	g.cmd = nil
+}
+
+// moat runs a moat subcommand and returns its output and exit code.
+func (g *gateway) moat(args ...string) (string, int) {
+	g.t.Helper()
+	return runMoat(g.t, "", args...)
+}
+
+func runMoat(t testing.TB, stdin string, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(moatBin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return string(out), ee.ExitCode()
+		}
+		t.Fatalf("running moat %v: %v", args, err)
+	}
+	return string(out), 0
+}
+
+// send delivers one message with go-smtp's client and returns the final
+// reply (the error is an *smtp.SMTPError for SMTP refusals).
+func send(addr, from string, to []string, msg string) (string, error) {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := c.Hello("client.sender.test"); err != nil {
+		return "", err
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return "", err
+	}
+	for _, r := range to {
+		if err := c.Rcpt(r, nil); err != nil {
+			return "", err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return "", err
+	}
+	if _, err := w.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		return "", err
+	}
+	c.Quit()
+	return resp.StatusText, nil
+}
+
+// queueID extracts the queue ID from "Ok: queued as ID".
+func queueID(reply string) string {
+	if i := strings.LastIndex(reply, " "); i >= 0 {
+		return reply[i+1:]
+	}
+	return reply
+}
+
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func requireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		for _, dir := range []string{"/usr/sbin", "/usr/bin"} {
+			if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+				return filepath.Join(dir, name)
+			}
+		}
+		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("%s is not installed", name)
+		}
+		t.Skipf("%s is not installed", name)
+	}
+	return p
+}
