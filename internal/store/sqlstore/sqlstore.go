@@ -161,7 +161,9 @@ func (s *DB) DB() *sql.DB    { return s.db }
 func (s *DB) Driver() string { return s.driver }
 func (s *DB) Close() error   { return s.db.Close() }
 
-func normDomain(name string) string { return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), ".")) }
+func normDomain(name string) string {
+	return strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
+}
 
 const domainCols = `name, partner, backends, tls, max_conns, recipient_mode, catch_all, policy`
 
