@@ -229,4 +229,10 @@ func (a *App) close() {
 // spoolAdapter lets the SMTP server write into the queue.
 type spoolAdapter struct{ q *queue.Queue }
 
-func (s spoolAdapter) NewDraft() (smtpd.Draft, error) { return s.q.NewDraft() }
+func (s spoolAdapter) NewDraft() (smtpd.Draft, error) {
+	d, err := s.q.NewDraft()
+	if err != nil {
+		return nil, err // a plain nil, not a typed nil pointer in the interface
+	}
+	return d, nil
+}

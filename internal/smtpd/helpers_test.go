@@ -71,7 +71,10 @@ func (d *fileDraft) Open() (io.ReadCloser, error) {
 }
 
 func (d *fileDraft) Commit(env *queue.Envelope) error {
-	if d.sp.failCommit {
+	d.sp.mu.Lock()
+	fail := d.sp.failCommit
+	d.sp.mu.Unlock()
+	if fail {
 		return errors.New("disk on fire")
 	}
 	if err := d.f.Sync(); err != nil {

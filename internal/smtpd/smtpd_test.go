@@ -441,23 +441,29 @@ func TestSYNCapture(t *testing.T) {
 
 func TestCommitFailure(t *testing.T) {
 	e := newEnv(t, nil)
+	e.spool.mu.Lock()
 	e.spool.failCommit = true
+	e.spool.mu.Unlock()
 	c := e.dial().start()
 	c.expect("MAIL FROM:<a@sender.test>", "250 ")
 	c.expect("RCPT TO:<b@customer.example>", "250 ")
 	c.expect("DATA", "354 ")
 	c.expect(msg("x", "y\r\n")+"\r\n.", "451 4.3.0")
-	if e.spool.aborted != 1 {
-		t.Fatalf("aborted %d", e.spool.aborted)
+	e.spool.mu.Lock()
+	defer e.spool.mu.Unlock()
+	if e.spool.aborted != 1 || len(e.spool.committed) != 0 {
+		t.Fatalf("aborted %d committed %d", e.spool.aborted, len(e.spool.committed))
 	}
 }
 
 func TestPolicyAndSoftBounce(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.SoftBounce = true })
+	e.rec.mu.Lock()
 	e.rec.rcptHard["nobody@customer.example"] = &verdict.Verdict{Action: verdict.Reject,
 		Reply: verdict.Reply{Code: 550, Enhanced: [3]int{5, 1, 1}, Text: "No such user"}}
 	e.rec.dataRes = verdict.Result{Symbols: []verdict.Symbol{{Name: "SPAMMY", Score: 6}},
 		Headers: []verdict.Field{{Name: "X-Test", Value: "a\r\nInjected: yes"}}}
+	e.rec.mu.Unlock()
 	c := e.dial().start()
 	c.expect("MAIL FROM:<a@sender.test>", "250 ")
 	c.expect("RCPT TO:<b@victim.example>", "450 4.7.1 Relaying denied")
@@ -512,7 +518,9 @@ var _ net.Conn
 
 func TestConnDrop(t *testing.T) {
 	e := newEnv(t, nil)
+	e.rec.mu.Lock()
 	e.rec.connHard = &verdict.Verdict{Action: verdict.Drop, Reply: verdict.Reply{Code: 554, Enhanced: [3]int{5, 7, 1}, Text: "Listed"}}
+	e.rec.mu.Unlock()
 	c := e.dial()
 	if r := c.reply(); r != "421 4.7.1 Listed" {
 		t.Fatalf("got %q", r)

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/textproto"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
+	"moat.dev/moat/internal/testutil/clamdtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -77,6 +79,9 @@ func mkzip(t testing.TB, entries ...entry) []byte {
 	zw := zip.NewWriter(&buf)
 	for _, e := range entries {
 		fh := &zip.FileHeader{Name: e.name, Method: zip.Deflate}
+		if len(e.data) == 0 {
+			fh.Method = zip.Store // cheap: no compressor per entry
+		}
 		if e.encrypted {
 			fh.Flags |= 1 // what "zip -e" sets; the data is then ZipCrypto
 		}
@@ -196,7 +201,7 @@ func TestZipBombs(t *testing.T) {
 	// 3 MiB of zeros (3 KB compressed) in an entry named like an archive:
 	// declared honestly, and with a lying header declaring 100 bytes.
 	var raw bytes.Buffer
-	fw, _ := flate.NewWriter(&raw, flate.BestCompression)
+	fw, _ := flate.NewWriter(&raw, flate.BestSpeed)
 	fw.Write(make([]byte, 3<<20))
 	fw.Close()
 	bomb := func(declared uint64) []byte {
@@ -446,5 +451,26 @@ func BenchmarkInspect(b *testing.B) {
 		if _, err := Inspect(bytes.NewReader(raw), DefaultConfig(), &pol); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// An archive encrypted by Info-ZIP's zip (ZipCrypto), not just a flag we set.
+func TestRealEncryptedZip(t *testing.T) {
+	zipPath := clamdtest.Tool(t, "zip")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "contract.pdf"), []byte("%PDF-1.4 secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(zipPath, "-q", "-e", "-P", "secret", "out.zip", "contract.pdf")
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("zip: %v %s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "out.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := kinds(inspect(t, msg(part{name: "out.zip", ctype: "application/zip", data: data}), nil)); got != "encrypted_archive:out.zip" {
+		t.Fatalf("findings %q", got)
 	}
 }

@@ -178,6 +178,13 @@ func Start(t testing.TB, opt Options) *Instance {
 		if err := in.writeConfig(port, uid, gid, opt, daemonDir); err != nil {
 			t.Fatalf("postfixtest: %v", err)
 		}
+		// Postfix re-reads a config file whose mtime is in the last second
+		// until it is older (about 2 s at start-up): back-date them all.
+		files, _ := filepath.Glob(filepath.Join(in.ConfigDir, "*"))
+		past := time.Now().Add(-time.Minute)
+		for _, f := range files {
+			os.Chtimes(f, past, past)
+		}
 		cmd := exec.Command(filepath.Join(daemonDir, "master"), "-c", in.ConfigDir, "-w")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -411,12 +418,24 @@ func (in *Instance) Stop() {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if err := syscall.Kill(p, 0); errors.Is(err, syscall.ESRCH) {
+		if !alive(p) {
 			return
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	syscall.Kill(p, syscall.SIGKILL)
+}
+
+// alive reports whether process pid exists and is not a zombie (the
+// daemonised master's parent may reap it late).
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	}
+	// pid (comm) STATE ...; comm may contain spaces or parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // Log returns the instance's maillog so far.

@@ -1,5 +1,0 @@
-package main
-
-import "os"
-
-func main() { os.Exit(cmdQueue(os.Args[1:])) }
