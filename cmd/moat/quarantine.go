@@ -208,14 +208,22 @@ func entryIDs(ctx context.Context, q *quarantine.Store, id string) ([]string, er
 	return out, nil
 }
 
-// reorder puts flags before positional arguments so "show ID --raw" works.
+// reorder puts flags (with their values) before positional arguments so
+// "show ID --raw" and "user add NAME --role R" work.
 func reorder(args []string) []string {
+	boolFlag := map[string]bool{"teach": true, "raw": true, "json": true}
 	var flags, pos []string
-	for _, a := range args {
-		if strings.HasPrefix(a, "-") {
-			flags = append(flags, a)
-		} else {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") || a == "-" {
 			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if !strings.Contains(name, "=") && !boolFlag[name] && i+1 < len(args) {
+			i++
+			flags = append(flags, args[i])
 		}
 	}
 	return append(flags, pos...)

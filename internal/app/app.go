@@ -1,5 +1,3 @@
-//go:build wip
-
 // Package app wires Moat together: store, resolver, the ordered check
 // table, the SMTP server, the queue and the relay, the HTTP endpoints. It
 // owns the start and stop order and nothing else.
@@ -14,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,7 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"moat.dev/moat/internal/check/clamav"
+	"moat.dev/moat/internal/check/greylist"
 	"moat.dev/moat/internal/config"
+	"moat.dev/moat/internal/dnsx"
 	"moat.dev/moat/internal/passmark"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/queue"
@@ -44,6 +46,10 @@ type App struct {
 	smtp    *smtpd.Server
 	mux     *http.ServeMux
 	closers []io.Closer
+
+	resolver   dnsx.Resolver
+	clamav     *clamav.Check
+	background []func(context.Context) // run for the life of the server
 }
 
 // NewLogger builds the structured logger the config asks for.
@@ -82,11 +88,20 @@ func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 		return nil, err
 	}
 	a.domains = newDomainCache(st, &cfg.Policy, 5*time.Second, a.log)
+	if _, err := st.DB().ExecContext(ctx, greylist.Schema); err != nil {
+		return nil, fmt.Errorf("store: greylist table: %w", err)
+	}
+	dc, err := dnsx.New(cfg.DNS, a.log.With("component", "dns"), a.reg)
+	if err != nil {
+		return nil, fmt.Errorf("dns: %w", err)
+	}
+	a.resolver = dc
 
 	if a.relay, err = relay.New(cfg.Relay, a.route, a.log.With("component", "relay"), a.reg); err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
-	if a.queue, err = queue.Open(cfg.Queue, a.relay, a.log.With("component", "queue"), a.reg); err != nil {
+	a.closers = append(a.closers, a.relay)
+	if a.queue, err = queue.Open(cfg.Queue, deliverer{a}, a.log.With("component", "queue"), a.reg); err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
 	a.closers = append(a.closers, a.queue)
@@ -142,8 +157,18 @@ func (a *App) isCustomerDomain(ctx context.Context, domain string) (bool, error)
 	return d != nil, err
 }
 
-// route gives the relay a customer domain's backends and pass secret.
+// route gives the relay a customer domain's backends and pass secret. A
+// "dsn:" prefix marks a delivery status notification Moat generated: to a
+// customer domain it goes to that domain's backends, elsewhere to the
+// domain's MX hosts (the only mail Moat ever sends off its customer routes).
 func (a *App) route(ctx context.Context, domain string) (*relay.Route, error) {
+	if dom, ok := strings.CutPrefix(domain, dsnPrefix); ok {
+		if d, _, err := a.domains.get(ctx, dom); err == nil && d != nil {
+			domain = dom
+		} else {
+			return a.mxRoute(ctx, dom)
+		}
+	}
 	d, _, err := a.domains.get(ctx, domain)
 	if err != nil {
 		return nil, err
@@ -166,6 +191,10 @@ func (a *App) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
+	for _, fn := range a.background {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(ctx) }()
+	}
 
 	qctx, qcancel := context.WithCancel(context.Background())
 	defer qcancel()
@@ -197,20 +226,25 @@ func (a *App) Run(ctx context.Context) error {
 	a.log.Info("moat started", "hostname", a.cfg.Hostname, "smtp", a.cfg.SMTP.Listen, "domains", len(a.cfg.Domains))
 
 	var runErr error
+	smtpDone := false
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	case runErr = <-smtpErr:
+		smtpDone = true
 		if runErr != nil {
 			runErr = fmt.Errorf("smtp: %w", runErr)
 		}
 	}
 	a.log.Info("shutting down")
-	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer scancel()
-	if err := a.smtp.Shutdown(sctx); err != nil {
-		a.log.Warn("smtp shutdown", "err", err)
+	// The SMTP server drains its sessions when ctx ends; only then does the
+	// queue stop, so every message accepted is committed first.
+	cancel()
+	if !smtpDone {
+		<-smtpErr
 	}
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
 	if httpSrv != nil {
 		httpSrv.Shutdown(sctx)
 	}

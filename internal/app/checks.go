@@ -1,16 +1,101 @@
-//go:build wip
-
 package app
 
 import (
 	"context"
+	"fmt"
 
+	"moat.dev/moat/internal/check/attach"
+	"moat.dev/moat/internal/check/botnet"
+	"moat.dev/moat/internal/check/clamav"
+	"moat.dev/moat/internal/check/dnsbl"
+	"moat.dev/moat/internal/check/greylist"
+	"moat.dev/moat/internal/check/helo"
+	"moat.dev/moat/internal/check/lists"
+	"moat.dev/moat/internal/check/rdns"
+	"moat.dev/moat/internal/check/recipient"
+	"moat.dev/moat/internal/check/spf"
+	"moat.dev/moat/internal/dnsx"
 	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/relay"
+	"moat.dev/moat/internal/verdict"
 )
 
 // buildChecks is Moat's plugin table: the checks in the order they run
-// within each phase. Order is data, here, in one place.
+// within each phase (checks of one phase run in parallel; this order is
+// the order of their results in headers and logs). Order is data, here, in
+// one place. Whether each runs, and what its findings do, is policy.
 func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
+	cc := a.cfg.Checks
+	res := a.resolver
 	var checks []pipeline.Check
+	add := func(name string, c pipeline.Check, err error) error {
+		if err != nil {
+			return fmt.Errorf("checks.%s: %w", name, err)
+		}
+		checks = append(checks, c)
+		return nil
+	}
+	// Cheap, local lists first: an allow or block decides before DNS.
+	l, err := lists.New(cc.Lists, lists.Deps{})
+	if err := add("lists", l, err); err != nil {
+		return nil, err
+	}
+	// Layer 1: reverse DNS.
+	r, err := rdns.New(cc.RDNS, rdns.Deps{Resolver: res})
+	if err := add("rdns", r, err); err != nil {
+		return nil, err
+	}
+	// Layer 2: DNS blocklists, with their self-test loop.
+	bl, err := dnsbl.New(cc.DNSBL, dnsbl.Deps{Resolver: res, Log: a.log.With("check", "dnsbl"), Metrics: a.reg})
+	if err := add("dnsbl", bl, err); err != nil {
+		return nil, err
+	}
+	a.background = append(a.background, bl.Run)
+	// Layer 4: botnet/zombie signs and HELO sanity (connection stage).
+	bn, err := botnet.New(cc.Botnet, botnet.Deps{Resolver: res, Log: a.log.With("check", "botnet")})
+	if err := add("botnet", bn, err); err != nil {
+		return nil, err
+	}
+	h, err := helo.New(cc.HELO, helo.Deps{IsCustomerDomain: a.isCustomerDomain, Resolver: res})
+	if err := add("helo", h, err); err != nil {
+		return nil, err
+	}
+	// SPF at MAIL.
+	sp, err := spf.New(cc.SPF, spf.Deps{Resolver: res})
+	if err := add("spf", sp, err); err != nil {
+		return nil, err
+	}
+	// Layer 3: recipient verification at RCPT.
+	rc, err := recipient.New(cc.Recipient, recipient.Deps{Recipients: recipient.StoreRecipients{S: a.store}, Callout: a.callout})
+	if err := add("recipient", rc, err); err != nil {
+		return nil, err
+	}
+	// Greylisting (off unless enabled), after the score is known.
+	gl, err := greylist.New(cc.Greylist, greylist.Deps{Store: &greylist.SQLStore{DB: a.store.DB(), Driver: a.store.Driver()}, Resolver: res})
+	if err := add("greylist", gl, err); err != nil {
+		return nil, err
+	}
+	// Layer 7: attachments and viruses (DATA).
+	at, err := attach.New(cc.Attach, a.log.With("check", "attach"), a.reg, nil)
+	if err := add("attach", at, err); err != nil {
+		return nil, err
+	}
+	cl, err := clamav.New(cc.ClamAV, a.log.With("check", "clamav"), a.reg)
+	if err := add("clamav", cl, err); err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, cl)
+	a.clamav = cl
 	return checks, nil
 }
+
+// callout asks a domain's backend whether it knows a recipient.
+func (a *App) callout(ctx context.Context, domain, rcpt string) (verdict.Reply, error) {
+	route, err := a.route(ctx, domain)
+	if err != nil {
+		return verdict.Reply{}, err
+	}
+	return relay.Callout(ctx, route, "", rcpt)
+}
+
+var _ dnsx.Resolver = (*dnsx.Client)(nil)

@@ -500,6 +500,15 @@ func (c *Client) scanOn(ctx context.Context, in *instance, r *countReader) (res 
 			off += copy(buf[off:], "\x00\x00\x00\x00")
 		}
 		if _, err := s.conn.Write(buf[:off]); err != nil {
+			// clamd may have refused the stream and closed: its reason
+			// can still be waiting in the socket.
+			s.conn.SetReadDeadline(time.Now().Add(time.Second))
+			if line, rerr := s.br.ReadSlice(0); rerr == nil {
+				if rep, perr := ParseReply(string(line)); perr == nil && rep.SizeLimit() {
+					c.log.Warn("clamd refused the stream as too large: stream_max_length is above clamd's StreamMaxLength", "addr", in.addr, "sent", total)
+					return Result{}, reused, ErrTooLarge
+				}
+			}
 			return Result{}, reused, err
 		}
 		off = 0

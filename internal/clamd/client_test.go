@@ -206,6 +206,16 @@ func TestTooLarge(t *testing.T) {
 	if res, err := c2.Scan(ctx, strings.NewReader(clamdtest.EICAR)); err != nil || !res.Infected {
 		t.Fatalf("after refusal: %+v %v", res, err)
 	}
+	// Far over clamd's limit: clamd closes while we are still sending.
+	far := bytes.Repeat([]byte("b"), int(3*limit+limit/2))
+	for i := 0; i < 3; i++ {
+		if _, err := c2.Scan(ctx, bytes.NewReader(far)); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("clamd refusal mid-stream: %v, want ErrTooLarge", err)
+		}
+	}
+	if !c2.Status()[0].Up {
+		t.Fatal("instance marked down for a size refusal")
+	}
 }
 
 func TestStopRestart(t *testing.T) {
@@ -395,21 +405,30 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// BenchmarkScanClient compares session reuse with a connection per scan,
+// over both transports.
 func BenchmarkScanClient(b *testing.B) {
 	cd := clamdtest.Shared(b)
-	for _, size := range []int{4 << 10, 100 << 10} {
-		b.Run(fmt.Sprintf("%dKiB", size>>10), func(b *testing.B) {
-			c := newClient(b, nil, cd.StreamMaxLength, cd.Unix)
-			data := bytes.Repeat([]byte("The quick brown fox jumps over the lazy dog.\r\n"), size/46+1)[:size]
-			b.SetBytes(int64(size))
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := c.Scan(context.Background(), bytes.NewReader(data)); err != nil {
+	data := bytes.Repeat([]byte("The quick brown fox jumps over the lazy dog.\r\n"), 100)[:4<<10]
+	for _, addr := range cd.Addrs {
+		for _, idle := range []int{4, 0} {
+			b.Run(fmt.Sprintf("%s/4KiB/max_idle_conns=%d", strings.SplitN(addr, ":", 2)[0], idle), func(b *testing.B) {
+				cfg := DefaultConfig()
+				cfg.Addrs, cfg.StreamMaxLength, cfg.MaxIdleConns = []string{addr}, cd.StreamMaxLength, idle
+				c, err := New(cfg, nil, nil)
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
-		})
+				defer c.Close()
+				b.SetBytes(int64(len(data)))
+				for i := 0; i < b.N; i++ {
+					if _, err := c.Scan(context.Background(), bytes.NewReader(data)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			})
+		}
 	}
 }
 

@@ -26,6 +26,11 @@ type Config struct {
 	// NegativeTTL is the TTL of a cached NXDOMAIN or NODATA answer when the
 	// server sent no SOA; it also caps the SOA-derived negative TTL.
 	NegativeTTL time.Duration `yaml:"negative_ttl"`
+	// LocalZones answers the special-use names locally, as RFC 6761 6.3
+	// and RFC 6303 ask of resolvers: "localhost" and names under it are
+	// 127.0.0.1 / ::1, and loopback addresses have the PTR "localhost".
+	// Loopback clients gain no trust from this; they merely resolve.
+	LocalZones bool `yaml:"local_zones"`
 }
 
 // DefaultConfig returns production defaults: a local resolver on

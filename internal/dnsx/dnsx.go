@@ -348,6 +348,9 @@ func (c *Client) negTTL(resp *dns.Msg) time.Duration {
 
 // LookupPTR returns the PTR names of ip, lower-case without trailing dot.
 func (c *Client) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, error) {
+	if c.cfg.LocalZones && ip.Unmap().IsLoopback() {
+		return []string{"localhost"}, nil
+	}
 	rev, err := dns.ReverseAddr(ip.Unmap().String())
 	if err != nil {
 		return nil, &Error{Name: ip.String(), Type: "PTR", Kind: KindOther, Err: err}
@@ -365,6 +368,9 @@ func (c *Client) LookupPTR(ctx context.Context, ip netip.Addr) ([]string, error)
 
 // LookupA returns the IPv4 addresses of name.
 func (c *Client) LookupA(ctx context.Context, name string) ([]netip.Addr, error) {
+	if c.cfg.LocalZones && isLocalhost(name) {
+		return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}, nil
+	}
 	rrs, err := c.Query(ctx, name, dns.TypeA)
 	if err != nil {
 		return nil, err
@@ -380,6 +386,9 @@ func (c *Client) LookupA(ctx context.Context, name string) ([]netip.Addr, error)
 
 // LookupAAAA returns the IPv6 addresses of name.
 func (c *Client) LookupAAAA(ctx context.Context, name string) ([]netip.Addr, error) {
+	if c.cfg.LocalZones && isLocalhost(name) {
+		return []netip.Addr{netip.IPv6Loopback()}, nil
+	}
 	rrs, err := c.Query(ctx, name, dns.TypeAAAA)
 	if err != nil {
 		return nil, err
@@ -473,4 +482,11 @@ func ReverseName(ip netip.Addr, zone string) string {
 	b.WriteString(zone)
 	b.WriteByte('.')
 	return b.String()
+}
+
+// isLocalhost reports whether name is "localhost" or a name under it
+// (RFC 6761 6.3).
+func isLocalhost(name string) bool {
+	n := strings.TrimSuffix(strings.ToLower(name), ".")
+	return n == "localhost" || strings.HasSuffix(n, ".localhost")
 }

@@ -92,7 +92,7 @@ func TestFailuresAreNotNotFound(t *testing.T) {
 	srv.Delay("slow.example.com", 2*time.Second)
 	srv.Fail("bad.example.com", dns.RcodeServerFailure)
 	srv.Fail("refused.example.com", dns.RcodeRefused)
-	c := newClient(t, srv.Addr, func(c *Config) { c.Timeout = 100 * time.Millisecond })
+	c := newClient(t, srv.Addr, func(c *Config) { c.Timeout = 250 * time.Millisecond })
 	ctx := context.Background()
 	for name, kind := range map[string]Kind{"slow.example.com": KindTimeout, "bad.example.com": KindServFail, "refused.example.com": KindRefused} {
 		_, err := c.LookupA(ctx, name)

@@ -513,7 +513,11 @@ func (ss *session) data() bool {
 			ss.writeEnvelope(w, id)
 		}
 	}
-	size, tooBig, err := copyData(w, ss.br, ss.s.cfg.MaxSize)
+	var dst io.Writer // nil interface: discard
+	if w != nil {
+		dst = w
+	}
+	size, tooBig, err := copyData(dst, ss.br, ss.s.cfg.MaxSize)
 	if err != nil {
 		if f != nil {
 			f.Close()

@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"moat.dev/moat/internal/testutil/clamdtest"
+	"moat.dev/moat/internal/testutil/dnstest"
 )
 
 var moatBin string
@@ -36,6 +39,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	clamdtest.Cleanup()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -76,6 +80,7 @@ type gateway struct {
 	cfgPath  string
 	SMTP     string
 	HTTP     string
+	DNS      *dnstest.Server
 	cmd      *exec.Cmd
 	log      *syncBuffer
 	waitDone chan struct{}
@@ -87,7 +92,16 @@ func newGateway(t testing.TB, body string) *gateway {
 	t.Helper()
 	g := &gateway{t: t, dir: t.TempDir(), SMTP: freeAddr(t), HTTP: freeAddr(t)}
 	g.cfgPath = filepath.Join(g.dir, "moat.yaml")
-	cfg := fmt.Sprintf("hostname: moat.test\ndata_dir: %s\nhttp:\n  listen: %s\nsmtp:\n  listen: [%q]\n", filepath.Join(g.dir, "data"), g.HTTP, g.SMTP) + body
+	// Real peers: a clamd with a local signature database, and an
+	// authoritative DNS server on loopback (the tests plant records in it).
+	clamd := clamdtest.Shared(t)
+	g.DNS = dnstest.Start(t, "sender.test. 300 IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"")
+	addrs := ""
+	for _, a := range clamd.Addrs {
+		addrs += fmt.Sprintf(" %q,", a)
+	}
+	cfg := fmt.Sprintf("hostname: moat.test\ndata_dir: %s\nhttp:\n  listen: %s\nsmtp:\n  listen: [%q]\ndns:\n  resolvers: [%q]\n  timeout: 500ms\nchecks:\n  clamav:\n    addrs: [%s]\n",
+		filepath.Join(g.dir, "data"), g.HTTP, g.SMTP, g.DNS.Addr, strings.TrimSuffix(addrs, ",")) + body
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func TestDynamicPatterns(t *testing.T) {
 		{"mx1-out.bigmail.example", "81.2.3.4", false},
 		{"static-81-2-3-4.isp.example", "81.2.3.4", false},
 		{"smtp-81-2-3-4.isp.example", "81.2.3.4", false},
-		{"home.pl", "81.2.3.4", false},                    // the registered domain is not host naming
+		{"home.pl", "81.2.3.4", false},                   // the registered domain is not host naming
 		{"srv1.dsl-provider.example", "81.2.3.4", false}, // "srv" marks a server
 		{"a181-2-3-45.isp.example", "81.2.3.4", false},   // digits glued on: a different address
 		{"web.example.com", "81.2.3.4", false},
@@ -83,7 +83,7 @@ func windowsSYN() []byte {
 func resolver(t testing.TB, srv *dnstest.Server) *dnsx.Client {
 	cfg := dnsx.DefaultConfig()
 	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = 200 * time.Millisecond
+	cfg.Timeout = time.Second
 	r, err := dnsx.New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)

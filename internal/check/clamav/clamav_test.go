@@ -372,3 +372,22 @@ func BenchmarkScan(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScanParallel: 4 KiB messages from 8 concurrent sessions.
+func BenchmarkScanParallel(b *testing.B) {
+	cd := clamdtest.Shared(b)
+	c := newCheck(b, nil, cd.Unix)
+	m := spool(b, plainMsg(strings.Repeat("The quick brown fox jumps over the lazy dog, again and again.\n", 66))[:4<<10])
+	b.SetParallelism(4)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		tx := txn()
+		for pb.Next() {
+			if res := c.CheckData(context.Background(), tx, m); res.Hard != nil || res.Err != nil {
+				b.Errorf("%+v", res)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}

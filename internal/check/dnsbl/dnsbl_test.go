@@ -21,9 +21,10 @@ import (
 )
 
 // Zone data: 127.0.0.2 is every list's test entry.
-//   bl.example   (codes as Spamhaus): 127.0.0.20 SBL (4), 127.0.0.21 PBL (2)
-//   bl2.example  (flat weight 1.5):   127.0.0.21
-//   wl.example   (allow, -5):         127.0.0.22
+//
+//	bl.example   (codes as Spamhaus): 127.0.0.20 SBL (4), 127.0.0.21 PBL (2)
+//	bl2.example  (flat weight 1.5):   127.0.0.21
+//	wl.example   (allow, -5):         127.0.0.22
 func setup(t *testing.T) (*dnstest.Server, *dnsx.Client) {
 	srv := dnstest.Start(t,
 		"2.0.0.127.bl.example. 60 IN A 127.0.0.2",
@@ -36,8 +37,8 @@ func setup(t *testing.T) (*dnstest.Server, *dnsx.Client) {
 	)
 	cfg := dnsx.DefaultConfig()
 	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = 150 * time.Millisecond
-	cfg.Attempts = 1
+	cfg.Timeout = 400 * time.Millisecond
+	cfg.Attempts = 2
 	cfg.CacheSize = 0 // these tests change zone data on the fly
 	r, err := dnsx.New(cfg, nil, nil)
 	if err != nil {
@@ -48,7 +49,7 @@ func setup(t *testing.T) (*dnstest.Server, *dnsx.Client) {
 
 func testConfig() Config {
 	cfg := DefaultConfig()
-	cfg.Timeout = time.Second
+	cfg.Timeout = 1500 * time.Millisecond
 	cfg.Zones = []Zone{
 		{Zone: "bl.example", Codes: map[string]float64{"127.0.0.2": 4, "127.0.0.10-127.0.0.11": 2},
 			Symbols:      map[string]string{"127.0.0.2": "DNSBL_TEST_SBL", "127.0.0.10-127.0.0.11": "DNSBL_TEST_PBL"},
@@ -118,7 +119,7 @@ func TestDNSBLPolicy(t *testing.T) {
 // listing.
 func TestDNSFailureIsNotListed(t *testing.T) {
 	srv, r := setup(t)
-	srv.Delay("40.0.0.127.bl.example", 2*time.Second)
+	srv.Delay("40.0.0.127.bl.example", 3*time.Second)
 	srv.Fail("41.0.0.127.bl2.example", dns.RcodeServerFailure)
 	for _, ip := range []string{"127.0.0.40", "127.0.0.41"} {
 		chk, _ := New(testConfig(), Deps{Resolver: r})
@@ -135,7 +136,7 @@ func TestDNSFailureIsNotListed(t *testing.T) {
 		}
 	}
 	// A listing in another zone still decides despite the failing one.
-	srv.Delay("20.0.0.127.bl2.example", 2*time.Second)
+	srv.Delay("20.0.0.127.bl2.example", 3*time.Second)
 	chk, _ := New(testConfig(), Deps{Resolver: r})
 	res := chk.CheckConn(context.Background(), conn("127.0.0.20"))
 	if res.Hard == nil || res.Hard.Action != verdict.Reject {
@@ -182,7 +183,7 @@ func TestSelfTest(t *testing.T) {
 	}
 	// NXDOMAIN for the test entry also disables; a timeout too.
 	srv.Remove("2.0.0.127.bl2.example")
-	srv.Delay("2.0.0.127.wl.example", 2*time.Second)
+	srv.Delay("2.0.0.127.wl.example", 3*time.Second)
 	if down := chk.SelfTest(ctx); len(down) != 3 {
 		t.Fatalf("down = %v, want all three", down)
 	}

@@ -29,8 +29,8 @@ func setup(t *testing.T) (*dnstest.Server, *dnsx.Client) {
 	srv.Delay("16.0.0.127.in-addr.arpa", 2*time.Second)
 	cfg := dnsx.DefaultConfig()
 	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = 150 * time.Millisecond
-	cfg.Attempts = 1
+	cfg.Timeout = 400 * time.Millisecond
+	cfg.Attempts = 2
 	r, err := dnsx.New(cfg, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -32,8 +32,8 @@ func TestSPF(t *testing.T) {
 	srv.Fail("down.example", dns.RcodeServerFailure)
 	cfg := dnsx.DefaultConfig()
 	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = 200 * time.Millisecond
-	cfg.Attempts = 1
+	cfg.Timeout = time.Second
+	cfg.Attempts = 2
 	r, _ := dnsx.New(cfg, nil, nil)
 	chk, err := New(DefaultConfig(), Deps{Resolver: r})
 	if err != nil {

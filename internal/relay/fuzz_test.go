@@ -1,0 +1,87 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// FuzzNormalise checks the outbound stream can never carry a bare CR, bare
+// LF, NUL or an unstuffed "." line, and that apart from line endings and
+// stuffing the content is unchanged.
+func FuzzNormalise(f *testing.F) {
+	f.Add([]byte("a\r\n.\r\nb"), "")
+	f.Add([]byte("Subject: x\n\n.\r.\n\r\r\n"), "[SPAM] ")
+	f.Add([]byte("From: a\r\n\r\n"), "[X]")
+	f.Fuzz(func(t *testing.T, msg []byte, prefix string) {
+		if strings.ContainsAny(prefix, "\r\n\x00") {
+			return
+		}
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		nw := newNormWriter(bw, true)
+		err := copyMessage(nw, bytes.NewReader(msg), prefix)
+		bw.Flush()
+		if bytes.IndexByte(msg, 0) >= 0 || strings.Contains(prefix, "\x00") {
+			if err == nil {
+				t.Fatal("NUL not refused")
+			}
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := out.Bytes()
+		if len(b) > 0 && !bytes.HasSuffix(b, []byte("\r\n")) {
+			t.Fatalf("unterminated: %q", b)
+		}
+		lines := bytes.Split(b, []byte("\r\n"))
+		var plain [][]byte
+		for _, l := range lines[:len(lines)-1] {
+			if bytes.ContainsAny(l, "\r\n") {
+				t.Fatalf("bare CR/LF in line %q", l)
+			}
+			if len(l) > 0 && l[0] == '.' {
+				if len(l) < 2 || l[1] != '.' {
+					t.Fatalf("unstuffed dot line %q in %q", l, b)
+				}
+				l = l[1:]
+			}
+			plain = append(plain, l)
+		}
+		if prefix == "" {
+			// Same content once every line ending style is unified.
+			want := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(string(msg))
+			got := string(bytes.Join(plain, []byte("\n")))
+			if len(plain) > 0 {
+				got += "\n"
+			}
+			if want != "" && !strings.HasSuffix(want, "\n") {
+				want += "\n"
+			}
+			if got != want {
+				t.Fatalf("content changed:\n%q\n%q", got, want)
+			}
+		}
+	})
+}
+
+func FuzzReadReply(f *testing.F) {
+	f.Add("250-a\r\n250 2.0.0 ok\r\n")
+	f.Add("550 5.1.1 no\r\n")
+	f.Add("220\r\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg := DefaultConfig()
+		c := &smtpConn{br: bufio.NewReaderSize(strings.NewReader(s), 4096), cfg: &cfg, nc: netConnStub{}}
+		r, _, err := c.readReply(0)
+		if err == nil {
+			if r.Code < 200 || r.Code > 599 || r.Enhanced[0] != r.Code/100 {
+				t.Fatalf("reply %+v from %q", r, s)
+			}
+			if strings.ContainsAny(r.Text, "\r\n\x00") {
+				t.Fatalf("control characters in text %q", r.Text)
+			}
+		}
+	})
+}
