@@ -17,7 +17,7 @@ func cmdBench(args []string) int {
 	msgs := fs.Int("messages", 2000, "messages per run")
 	size := fs.Int("size", 4096, "message size in bytes")
 	senders := fs.String("senders", "1,20,100", "parallel sending sessions, comma-separated")
-	profiles := fs.String("profiles", "core,full", "moat configurations: core (no checks), full (every layer, DNS answered locally)")
+	profiles := fs.String("profiles", "core,envelope", "moat configurations: core (no checks), full (every layer, DNS answered locally)")
 	markdown := fs.Bool("markdown", false, "print a Markdown table at the end")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: moat bench [flags]\n\nDrives smtp-source (Postfix) one message per connection into smtp-sink (the ceiling) and\nthrough `moat serve` into a sink backend, in the same run; reports msgs/s, latency, peak RSS.")

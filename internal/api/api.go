@@ -402,7 +402,7 @@ func jsonError(err error) error {
 	case errors.As(err, &te):
 		field := te.Field
 		if field == "" {
-			return badRequest("request body must be a JSON %s, not %s", jsonKind(te.Type.Kind().String()), te.Value)
+			return badRequest("request body must be %s, not %s", jsonKind(te.Type.Kind().String()), te.Value)
 		}
 		return badRequest("%s: must be %s, not %s", field, jsonKind(te.Type.Kind().String()), te.Value)
 	}

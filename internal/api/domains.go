@@ -71,9 +71,25 @@ func parsePolicy(raw json.RawMessage, site *policy.Policy) (string, error) {
 	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
 		return "", nil
 	}
-	var pj PolicyJSON
-	if err := decodeStrict(bytes.NewReader(raw), &pj); err != nil {
+	// Layers are decoded one by one so that errors name the layer.
+	var top struct {
+		PolicyJSON
+		Layers map[string]json.RawMessage `json:"layers,omitempty"`
+	}
+	if err := decodeStrict(bytes.NewReader(raw), &top); err != nil {
 		return "", prefixErr("policy", err)
+	}
+	pj := top.PolicyJSON
+	pj.Layers = nil
+	for name, lraw := range top.Layers {
+		var l LayerJSON
+		if err := decodeStrict(bytes.NewReader(lraw), &l); err != nil {
+			return "", prefixErr("policy.layers."+name, err)
+		}
+		if pj.Layers == nil {
+			pj.Layers = map[string]LayerJSON{}
+		}
+		pj.Layers[name] = l
 	}
 	sp := storedPolicy{TagScore: pj.TagScore, QuarantineScore: pj.QuarantineScore, RejectScore: pj.RejectScore, Appeal: pj.Appeal}
 	eff := *site

@@ -46,6 +46,7 @@ type Env struct {
 	DNSAddr  string // a loopback DNS server answering for the benchmark zones
 	Backend  string // the sink's address
 	Resolver string
+	Clamd    string // clamd address for the full profile, "" if none
 }
 
 // Row is one measured configuration.
@@ -133,7 +134,11 @@ func Ceiling(ctx context.Context, senders, msgs, size int) (Row, error) {
 	if err != nil {
 		return row, err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-m", "1000", addr, "1024")
+	args := []string{"-m", "1000", addr, "1024"}
+	if os.Geteuid() == 0 {
+		args = append([]string{"-u", "nobody"}, args...) // smtp-sink refuses to run as root
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
 	if err := cmd.Start(); err != nil {
 		return row, err
 	}

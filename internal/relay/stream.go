@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync"
 )
 
 // errNUL reports a NUL byte in a message: Moat never transmits one.
@@ -76,6 +77,8 @@ func (n *normWriter) Close() error {
 	return nil
 }
 
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // copyMessage writes the received message from r through nw, putting
 // subjectPrefix in front of the Subject field's value (adding a Subject
 // field if there is none) when subjectPrefix is not empty.
@@ -91,7 +94,9 @@ func copyMessage(nw *normWriter, r io.Reader, subjectPrefix string) error {
 		}
 		r = br
 	}
-	buf := make([]byte, 32<<10)
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
 	for {
 		k, err := r.Read(buf)
 		if k > 0 {

@@ -177,8 +177,10 @@ func TestPermanentFailureDSN(t *testing.T) {
 // TestCrashSafety kills moat serve with SIGKILL while it accepts and relays,
 // restarts it, and checks that every message that got 250 arrives.
 func TestCrashSafety(t *testing.T) {
-	backend := startSink(t, sink.Config{})
-	g := newGateway(t, "queue:\n  min_backoff: 1s\ndomains:\n"+domainYAML("example.test", backend.Addr(), ""))
+	// The backend comes up only once messages are queued, so the kill
+	// lands while messages are being accepted, queued and relayed at once.
+	backendAddr := freeAddr(t)
+	g := newGateway(t, "queue:\n  min_backoff: 1s\n  max_backoff: 2s\ndomains:\n"+domainYAML("example.test", backendAddr, ""))
 	g.Start()
 
 	var mu sync.Mutex
@@ -205,11 +207,15 @@ func TestCrashSafety(t *testing.T) {
 			}
 		}()
 	}
-	waitFor(t, "some messages to be accepted", 20*time.Second, func() bool {
+	count := func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(accepted) >= 150
-	})
+		return len(accepted)
+	}
+	waitFor(t, "messages to be queued", 30*time.Second, func() bool { return count() >= 60 })
+	backend := startSink(t, sink.Config{Addr: backendAddr})
+	waitFor(t, "deliveries to start", 30*time.Second, func() bool { return backend.Count() > 0 })
+	waitFor(t, "more messages to be accepted", 30*time.Second, func() bool { return count() >= 120 })
 	g.Kill()
 	close(stop)
 	wg.Wait()
