@@ -1,6 +1,7 @@
 package classify
 
 import (
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -134,6 +135,16 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 	if fs.Pairs {
 		osb(x, body)
 	}
+	if os.Getenv("XP_NOMARKUP") == "" {
+		for _, t := range m.Markup {
+			x.add("html:", t)
+		}
+	}
+	if os.Getenv("XP_CASE") != "" {
+		for _, w := range wordsCase(m.Text, maxWords) {
+			x.add("W:", w)
+		}
+	}
 	for _, w := range words(m.HiddenText, 500) {
 		x.add("hid:", w)
 	}
@@ -251,4 +262,18 @@ func words(s string, max int) []string {
 // good locality).
 func sortFeatures(fs []Feature) {
 	sort.Slice(fs, func(i, j int) bool { return fs[i].Hash < fs[j].Hash })
+}
+
+// wordsCase returns the tokens of s that contain upper-case letters, case kept.
+func wordsCase(s string, max int) []string {
+	var out []string
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '$' || r == '!') }) {
+		if len(out) >= max {
+			break
+		}
+		if len(f) > 1 && len(f) <= 20 && strings.ToLower(f) != f {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -61,6 +61,9 @@ type LogConfig struct {
 type HTTPConfig struct {
 	// Listen address; "" disables it. Default 127.0.0.1:8025.
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiler at /debug/pprof/ (for benchmarking; keep
+	// the listener on loopback). Default false.
+	Pprof bool `yaml:"pprof"`
 }
 
 // StoreConfig selects the database.

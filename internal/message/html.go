@@ -14,7 +14,11 @@ type rendered struct {
 	text   string
 	hidden string
 	links  []link
+	markup []string
 }
+
+// maxMarkup bounds the markup tokens kept per part.
+const maxMarkup = 1000
 
 // maxHTMLTokens bounds the work on one HTML part.
 const maxHTMLTokens = 200000
@@ -68,9 +72,20 @@ func renderHTML(s string) rendered {
 			parent := stack[len(stack)-1]
 			e := elem{a: a, hidden: parent.hidden, fg: parent.fg, bg: parent.bg}
 			var href, src string
+			if len(out.markup) < maxMarkup {
+				out.markup = append(out.markup, string(tn))
+			}
 			for hasAttr {
 				var k, v []byte
 				k, v, hasAttr = z.TagAttr()
+				if len(out.markup) < maxMarkup {
+					switch string(k) {
+					case "color", "bgcolor", "size", "face", "align", "border", "width", "height":
+						out.markup = append(out.markup, string(tn)+"."+string(k)+"="+strings.ToLower(string(v)))
+					case "href", "src", "alt", "title", "style", "class", "id", "name", "value":
+						out.markup = append(out.markup, string(tn)+"."+string(k))
+					}
+				}
 				switch string(k) {
 				case "href":
 					href = string(v)

@@ -68,12 +68,13 @@ type Attachment struct {
 type Message struct {
 	Header      []Field
 	Subject     string
-	From        string // the decoded From field
-	Text        string // visible text of all text parts, UTF-8, parts separated by "\n"
-	HiddenText  string // HTML text a reader would not see (display:none, tiny fonts, invisible colour)
-	HTML        bool   // at least one text/html part
-	TextOnlyIn  string // "html" when the only text is HTML, "plain" when only plain, "" otherwise
-	URLs        []URL  // deduplicated by Raw
+	From        string   // the decoded From field
+	Text        string   // visible text of all text parts, UTF-8, parts separated by "\n"
+	HiddenText  string   // HTML text a reader would not see (display:none, tiny fonts, invisible colour)
+	HTML        bool     // at least one text/html part
+	Markup      []string // HTML tag names and selected attributes ("font", "font.color=#ff0000"), bounded
+	TextOnlyIn  string   // "html" when the only text is HTML, "plain" when only plain, "" otherwise
+	URLs        []URL    // deduplicated by Raw
 	Attachments []Attachment
 	Parts       int      // parts walked
 	Malformed   []string // reasons, deduplicated: "header", "base64", "charset", "encoding", "depth", ...
@@ -475,6 +476,9 @@ func (p *parser) readPart(e *gomessage.Entity, mt string, params map[string]stri
 		if h.hidden != "" {
 			p.hidden.WriteString(h.hidden)
 			p.hidden.WriteByte('\n')
+		}
+		if len(p.m.Markup) < 4*maxMarkup {
+			p.m.Markup = append(p.m.Markup, h.markup...)
 		}
 		for _, l := range h.links {
 			p.addURL(l.href, true, l.text)
