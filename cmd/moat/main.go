@@ -26,6 +26,8 @@ var commands = map[string]command{
 	"audit":       {cmdAudit, "audit domains for leakage: MX, guessable names, direct reachability"},
 	"lockdown":    {cmdLockdown, "generate firewall/backend lockdown configuration"},
 	"milter":      {cmdMilter, "run the pass-mark verifying milter on a customer's backend"},
+	"quarantine":  {cmdQuarantine, "list|show|release|delete held messages; user and partner accounts for the web UI"},
+	"token":       {cmdToken, "create an admin API token: token create --role site|partner:NAME|domain:NAME --label TEXT"},
 	"bench":       {cmdBench, "benchmark moat against smtp-sink with smtp-source"},
 }
 

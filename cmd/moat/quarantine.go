@@ -15,7 +15,10 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"moat.dev/moat/internal/check/clamav"
 	"moat.dev/moat/internal/quarantine"
+	"moat.dev/moat/internal/queue"
+	"moat.dev/moat/internal/store/sqlstore"
 	"moat.dev/moat/internal/users"
 	"moat.dev/moat/internal/verdict"
 )
@@ -36,8 +39,9 @@ commands:
 // delivery queue; until the lead wires --config, it is refused here.
 func cmdQuarantine(args []string) int {
 	fs := flag.NewFlagSet("quarantine", flag.ContinueOnError)
-	dbPath := fs.String("db", "/var/lib/moat/moat.db", "SQLite database")
-	dir := fs.String("dir", quarantine.DefaultConfig().Dir, "quarantine directory")
+	cfgPath := fs.String("config", "", "Moat configuration (store, quarantine directory, spool, clamd)")
+	dbPath := fs.String("db", "", "SQLite database (without --config)")
+	dir := fs.String("dir", quarantine.DefaultConfig().Dir, "quarantine directory (without --config)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, quarantineUsage) }
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -46,29 +50,74 @@ func cmdQuarantine(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	db, err := sql.Open("sqlite", *dbPath)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "moat quarantine:", err)
-		return 1
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
 	ctx := context.Background()
-	for _, p := range []string{"PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000"} {
-		if _, err := db.ExecContext(ctx, p); err != nil {
+	qcfg := quarantine.DefaultConfig()
+	deps := quarantine.Deps{}
+	var db *sql.DB
+	switch {
+	case *cfgPath != "":
+		cfg, ok := loadConfig(*cfgPath)
+		if !ok {
+			return 2
+		}
+		st, err := sqlstore.Open(ctx, cfg.Store.Driver, cfg.Store.DSN)
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
 			return 1
 		}
+		defer st.Close()
+		db = st.DB()
+		qcfg = cfg.Quarantine
+		// A release goes through the spool (the running daemon, or the
+		// next start), after a fresh virus scan.
+		deps.Enqueuer = queue.NewClient(cfg.Queue.SpoolDir)
+		if cl, err := scannerFromConfig(cfg); err == nil {
+			defer cl.Close()
+			deps.Scanner = clamAdapter{cl}
+		}
+		if err := users.Migrate(ctx, db); err != nil {
+			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+			return 1
+		}
+	case *dbPath != "":
+		var err error
+		db, err = sql.Open("sqlite", *dbPath)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+			return 1
+		}
+		defer db.Close()
+		db.SetMaxOpenConns(1)
+		for _, p := range []string{"PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000"} {
+			if _, err := db.ExecContext(ctx, p); err != nil {
+				fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+				return 1
+			}
+		}
+		qcfg.Dir = *dir
+	default:
+		fmt.Fprintln(os.Stderr, "moat quarantine: give --config FILE (or --db and --dir)")
+		return 2
 	}
-	cfg := quarantine.DefaultConfig()
-	cfg.Dir = *dir
-	q, err := quarantine.New(cfg, quarantine.Deps{DB: db})
+	deps.DB = db
+	q, err := quarantine.New(qcfg, deps)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat quarantine:", err)
 		return 1
 	}
 	defer q.Close()
 	return runQuarantine(ctx, q, db, fs.Args(), os.Stdin, os.Stdout, os.Stderr)
+}
+
+// clamAdapter lets the CLI's release scan again.
+type clamAdapter struct{ c *clamav.Check }
+
+func (a clamAdapter) Scan(ctx context.Context, r io.Reader) (bool, string, error) {
+	res, err := a.c.Scan(ctx, r)
+	if err != nil {
+		return false, "", err
+	}
+	return res.Status == clamav.Infected, res.Signature, nil
 }
 
 // runQuarantine is the CLI on an open Store (tests call it directly).

@@ -3,14 +3,17 @@ package api
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,14 +38,21 @@ type env struct {
 	site string       // a site token
 }
 
-func setup(t *testing.T, mod func(*Config)) *env {
-	t.Helper()
-	ctx := context.Background()
-	st, err := sqlstore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "moat.db"))
+// openStore opens the store the tests run on: SQLite, or a fresh
+// PostgreSQL database inside TestPostgres.
+var openStore = func(t *testing.T) store.Store {
+	st, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "moat.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func setup(t *testing.T, mod func(*Config)) *env {
+	t.Helper()
+	ctx := context.Background()
+	st := openStore(t)
 	tcfg := tracking.DefaultConfig()
 	tcfg.FlushInterval = 10 * time.Millisecond
 	tr, err := tracking.New(ctx, tcfg, st.DB(), st.Driver(), nil, prometheus.NewRegistry())
@@ -638,7 +648,7 @@ func TestTokenSecrets(t *testing.T) {
 	e := setup(t, nil)
 	tok := e.token("site")
 	var n int
-	if err := e.st.DB().QueryRow(`SELECT COUNT(*) FROM api_tokens WHERE hash = ?`, hashToken(tok)).Scan(&n); err != nil || n != 1 {
+	if err := e.st.DB().QueryRow(sqlstore.Rebind(e.st.Driver(), `SELECT COUNT(*) FROM api_tokens WHERE hash = ?`), hashToken(tok)).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("hash lookup: %d %v", n, err)
 	}
 	rows, err := e.st.DB().Query(`SELECT id, hash, role, label FROM api_tokens`)
@@ -681,5 +691,92 @@ func TestParseRole(t *testing.T) {
 		if _, _, err := ParseRole(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// TestPostgres runs the main tests over PostgreSQL (MOAT_TEST_POSTGRES, a
+// DSN with the right to create databases).
+func TestPostgres(t *testing.T) {
+	dsn := os.Getenv("MOAT_TEST_POSTGRES")
+	if dsn == "" {
+		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
+			t.Fatal("MOAT_TEST_POSTGRES is not set")
+		}
+		t.Skip("MOAT_TEST_POSTGRES is not set")
+	}
+	admin, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	saved := openStore
+	defer func() { openStore = saved }()
+	openStore = func(t *testing.T) store.Store {
+		name := fmt.Sprintf("moat_api_test_%d_%d", os.Getpid(), pgSeq.Add(1))
+		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
+		st, err := sqlstore.OpenPostgres(context.Background(), withDB(dsn, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	t.Run("DomainCRUD", TestDomainCRUD)
+	t.Run("Authorization", TestAuthorization)
+	t.Run("Recipients", TestRecipients)
+	t.Run("MessagesAndStats", TestMessagesAndStats)
+	t.Run("TokenSecrets", TestTokenSecrets)
+}
+
+var pgSeq atomic.Int64
+
+// withDB replaces the database name of a postgres:// DSN.
+func withDB(dsn, db string) string {
+	q := ""
+	if i := strings.IndexByte(dsn, '?'); i >= 0 {
+		dsn, q = dsn[:i], dsn[i:]
+	}
+	if i := strings.LastIndexByte(dsn, '/'); i > len("postgres://") {
+		dsn = dsn[:i]
+	}
+	return dsn + "/" + db + q
+}
+
+// BenchmarkReplaceRecipients measures a bulk replace of 5000 recipients,
+// half of them new each time, through the HTTP API.
+func BenchmarkReplaceRecipients(b *testing.B) {
+	st, err := sqlstore.OpenSQLite(context.Background(), filepath.Join(b.TempDir(), "moat.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	a, err := New(DefaultConfig(), Deps{Store: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok, err := CreateToken(context.Background(), st, "site", "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	st.PutDomain(context.Background(), &store.Domain{Name: "bench.test", Backends: []store.Backend{{Host: "mx", Port: 25}}})
+	srv := httptest.NewServer(a)
+	defer srv.Close()
+	for i := 0; b.Loop(); i++ {
+		list := make([]RecipientJSON, 5000)
+		for j := range list {
+			list[j].Local = fmt.Sprintf("u%d", j+i*2500)
+		}
+		body, _ := json.Marshal(list)
+		req, _ := http.NewRequest("PUT", srv.URL+"/api/v1/domains/bench.test/recipients", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		res, err := srv.Client().Do(req)
+		if err != nil || res.StatusCode != 200 {
+			b.Fatal(res.Status, err)
+		}
+		res.Body.Close()
 	}
 }

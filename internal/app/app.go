@@ -21,17 +21,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"moat.dev/moat/internal/audit"
 	"moat.dev/moat/internal/check/clamav"
 	"moat.dev/moat/internal/check/greylist"
 	"moat.dev/moat/internal/config"
 	"moat.dev/moat/internal/dnsx"
+	"moat.dev/moat/internal/milter"
 	"moat.dev/moat/internal/passmark"
 	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/relay"
 	"moat.dev/moat/internal/smtpd"
 	"moat.dev/moat/internal/store"
 	"moat.dev/moat/internal/store/sqlstore"
+	"moat.dev/moat/internal/tracking"
+	"moat.dev/moat/internal/users"
 )
 
 // App is a running Moat.
@@ -51,6 +56,15 @@ type App struct {
 	resolver   dnsx.Resolver
 	clamav     *clamav.Check
 	background []func(context.Context) // run for the life of the server
+
+	tracker      *tracking.Tracker
+	users        *users.Store
+	quar         *quarantine.Store
+	learner      quarantine.Learner
+	webHandler   http.Handler
+	bypass       *milter.Stats
+	auditMetrics *audit.Metrics
+	audit        auditState
 }
 
 // NewLogger builds the structured logger the config asks for.
@@ -85,6 +99,15 @@ func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 	}
 	a.store = st
 	a.closers = append(a.closers, st)
+	// Message tracking: every log line carrying a queue_id is indexed.
+	tr, err := tracking.New(ctx, cfg.Tracking, st.DB(), st.Driver(), a.log.With("component", "tracking"), a.reg)
+	if err != nil {
+		return nil, fmt.Errorf("tracking: %w", err)
+	}
+	a.tracker = tr
+	a.closers = append(a.closers, tr)
+	a.background = append(a.background, func(ctx context.Context) { tr.Start(ctx) })
+	a.log = slog.New(tracking.Handler(a.log.Handler(), tr))
 	if err := seed(ctx, st, cfg); err != nil {
 		return nil, err
 	}
@@ -112,12 +135,16 @@ func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 		return nil, err
 	}
 	runner := pipeline.NewRunner(checks, a.domains.policy, cfg.CheckTimeout.D())
+	if err := a.buildAdmin(ctx); err != nil {
+		return nil, err
+	}
 	a.smtp, err = smtpd.New(cfg.SMTP, smtpd.Deps{
-		Spool:   spoolAdapter{a.queue},
-		Domains: a.isCustomerDomain,
-		Runner:  runner,
-		Log:     a.log.With("component", "smtpd"),
-		Metrics: a.reg,
+		Spool:      spoolAdapter{a.queue},
+		Domains:    a.isCustomerDomain,
+		Runner:     runner,
+		Quarantine: a.hold,
+		Log:        a.log.With("component", "smtpd"),
+		Metrics:    a.reg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("smtp: %w", err)
@@ -228,6 +255,21 @@ func (a *App) Run(ctx context.Context) error {
 		a.log.Info("http listening", "addr", ln.Addr().String())
 	}
 
+	var webSrv *http.Server
+	if a.webHandler != nil {
+		ln, err := net.Listen("tcp", a.cfg.Web.Listen)
+		if err != nil {
+			return fmt.Errorf("web.listen: %w", err)
+		}
+		webSrv = &http.Server{Handler: a.webHandler, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := webSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("web: %w", err)
+			}
+		}()
+		a.log.Info("web UI listening", "addr", ln.Addr().String())
+	}
+
 	smtpErr := make(chan error, 1)
 	go func() { smtpErr <- a.smtp.ListenAndServe(ctx) }()
 	a.log.Info("moat started", "hostname", a.cfg.Hostname, "smtp", a.cfg.SMTP.Listen, "domains", len(a.cfg.Domains))
@@ -254,6 +296,9 @@ func (a *App) Run(ctx context.Context) error {
 	defer scancel()
 	if httpSrv != nil {
 		httpSrv.Shutdown(sctx)
+	}
+	if webSrv != nil {
+		webSrv.Shutdown(sctx)
 	}
 	qcancel()
 	wg.Wait()

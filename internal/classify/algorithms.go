@@ -153,6 +153,9 @@ func (m *logreg) margin(rows []Row, t Totals) (float64, float64) {
 		return t.Bias, 0
 	}
 	x := 1 / math.Sqrt(float64(len(rows)))
+	if xpNoNorm {
+		x = xpX
+	}
 	s := t.Bias
 	for _, r := range rows {
 		s += r.W * x
@@ -181,6 +184,9 @@ func (m *logreg) update(keys []uint64, rows []Row, t Totals, p float64, l Label,
 	if len(keys) > 0 {
 		x = 1 / math.Sqrt(float64(len(keys)))
 	}
+	if xpNoNorm {
+		x = xpX
+	}
 	d := make([]Delta, len(keys))
 	for i, k := range keys {
 		g := e * x
@@ -200,3 +206,6 @@ func (m *logreg) update(keys []uint64, rows []Row, t Totals, p float64, l Label,
 	}
 	return d, tt
 }
+
+var xpNoNorm = os.Getenv("XP_NONORM") != ""
+var xpX = 0.05

@@ -15,6 +15,8 @@
 package classify
 
 import (
+	"os"
+	"strconv"
 	"context"
 	"errors"
 	"fmt"
@@ -291,6 +293,9 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 		return Skipped, nil
 	}
 	steps := 1
+	if !c.alg.exactUnlearn() {
+		steps = xpSteps
+	}
 	if outcome == Moved && !c.alg.exactUnlearn() {
 		steps = 5
 	}
@@ -323,6 +328,14 @@ func (c *Classifier) needsTraining(p float64, l Label) bool {
 	}
 	return p > 0.1
 }
+
+var xpSteps = func() int {
+	n, _ := strconv.Atoi(os.Getenv("XP_STEPS"))
+	if n < 1 {
+		n = 1
+	}
+	return n
+}()
 
 func applyDeltas(keys []uint64, rows []Row, d []Delta) []Row {
 	out := make([]Row, len(rows))

@@ -101,6 +101,19 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 		maxWords = 3000
 	}
 	x := &extractor{names: names, seen: make(map[uint64]struct{}, 512)}
+	if os.Getenv("XP_ONLYGRAM") != "" {
+		src := string(m.RawHeader) + string(m.RawBody)
+		if os.Getenv("XP_ONLYGRAM") == "dec" {
+			src = string(m.RawHeader) + "\n" + m.Text
+		}
+		if len(src) > 3000 {
+			src = src[:3000]
+		}
+		for i := 0; i+4 <= len(src); i++ {
+			x.add("g:", src[i:i+4])
+		}
+		return x.out
+	}
 	for _, f := range m.Header {
 		if ignoredHeaders[f.Name] {
 			continue
@@ -134,6 +147,22 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 	}
 	if fs.Pairs {
 		osb(x, body)
+	}
+	if g := os.Getenv("XP_GRAM"); g != "" {
+		var src string
+		if g == "raw" {
+			src = string(m.RawHeader) + string(m.RawBody)
+		} else if g == "dec" {
+			src = string(m.RawHeader) + "\n" + m.Text
+		} else {
+			src = m.Subject + "\n" + m.Text
+		}
+		if len(src) > 3000 {
+			src = src[:3000]
+		}
+		for i := 0; i+4 <= len(src); i++ {
+			x.add("g:", src[i:i+4])
+		}
 	}
 	if os.Getenv("XP_NOMARKUP") == "" {
 		for _, t := range m.Markup {

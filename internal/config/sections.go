@@ -8,11 +8,16 @@ import (
 	"path/filepath"
 	"time"
 
+	"moat.dev/moat/internal/api"
+	"moat.dev/moat/internal/audit"
 	"moat.dev/moat/internal/dnsx"
 	"moat.dev/moat/internal/policy"
+	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/relay"
 	"moat.dev/moat/internal/smtpd"
+	"moat.dev/moat/internal/tracking"
+	"moat.dev/moat/internal/web"
 )
 
 // Sections are the settings owned by the individual packages, each
@@ -33,11 +38,33 @@ type Sections struct {
 	DNS dnsx.Config `yaml:"dns"`
 	// Checks holds each check's settings.
 	Checks Checks `yaml:"checks"`
+	// Quarantine holds suspicious mail for people to release (package quarantine).
+	Quarantine quarantine.Config `yaml:"quarantine"`
+	// Web is the quarantine web UI for end users and admins (package web).
+	Web web.Config `yaml:"web"`
+	// API is the admin JSON API under /api/v1/ on the http listener.
+	API api.Config `yaml:"api"`
+	// Tracking indexes every log line about a message for message tracking.
+	Tracking tracking.Config `yaml:"tracking"`
+	// Audit is the leakage audit (moat audit, and scheduled in moat serve).
+	Audit AuditConfig `yaml:"audit"`
+}
+
+// AuditConfig is the audit section: the audit's settings plus how often
+// moat serve audits every customer domain.
+type AuditConfig struct {
+	audit.Config `yaml:",inline"`
+	// Every is the interval of the scheduled audit in moat serve; 0 turns
+	// it off. Default 24h. Scheduled audits never probe unless probe: true.
+	Every queue.Duration `yaml:"every"`
 }
 
 func defaultSections() Sections {
 	s := Sections{SMTP: smtpd.DefaultConfig(), Queue: queue.DefaultConfig(), Relay: relay.DefaultConfig(), CheckTimeout: queue.Duration(20 * time.Second),
-		DNS: defaultDNS(), Checks: defaultChecks()}
+		DNS: defaultDNS(), Checks: defaultChecks(),
+		Quarantine: quarantine.DefaultConfig(), Web: web.DefaultConfig(), API: api.DefaultConfig(), Tracking: tracking.DefaultConfig(),
+		Audit: AuditConfig{Config: audit.DefaultConfig(), Every: queue.Duration(24 * time.Hour)}}
+	s.Quarantine.Dir = ""
 	// Filled from the top-level settings unless given explicitly.
 	s.Relay.Hostname = ""
 	s.SMTP.Hostname, s.Queue.Hostname, s.Queue.SpoolDir, s.SMTP.TLSDir = "", "", "", ""
@@ -58,8 +85,22 @@ func (s *Sections) fill(c *Config) {
 	if s.Queue.SpoolDir == "" {
 		s.Queue.SpoolDir = filepath.Join(c.DataDir, "spool")
 	}
+	if s.Quarantine.Dir == "" {
+		s.Quarantine.Dir = filepath.Join(c.DataDir, "quarantine")
+	}
+	if s.Audit.Gateway.Hostnames == nil && s.Audit.Gateway.Addresses == nil {
+		s.Audit.Gateway.Hostnames = c.Gateway.Hostnames
+		s.Audit.Gateway.Addresses = c.Gateway.Addresses
+	}
 	if len(s.DNS.Resolvers) == 0 {
 		s.DNS.Resolvers = systemResolvers()
+		if s.Quarantine.Dir == "" {
+			s.Quarantine.Dir = filepath.Join(c.DataDir, "quarantine")
+		}
+		if s.Audit.Gateway.Hostnames == nil && s.Audit.Gateway.Addresses == nil {
+			s.Audit.Gateway.Hostnames = c.Gateway.Hostnames
+			s.Audit.Gateway.Addresses = c.Gateway.Addresses
+		}
 		if len(s.DNS.Resolvers) == 0 {
 			s.DNS.Resolvers = []string{"127.0.0.1:53"}
 		}
@@ -94,6 +135,21 @@ func (s *Sections) validate() error {
 	}
 	if err := s.Checks.validate(); err != nil {
 		return err
+	}
+	if err := s.Quarantine.Validate(); err != nil {
+		return fmt.Errorf("quarantine.%w", err)
+	}
+	if err := s.Web.Validate(); err != nil {
+		return fmt.Errorf("web.%w", err)
+	}
+	if err := s.API.Validate(); err != nil {
+		return fmt.Errorf("api.%w", err)
+	}
+	if err := s.Tracking.Validate(); err != nil {
+		return fmt.Errorf("tracking.%w", err)
+	}
+	if s.Audit.Every < 0 {
+		return fmt.Errorf("audit.every: must be >= 0 (0 turns the scheduled audit off)")
 	}
 	if s.CheckTimeout.D() <= 0 {
 		return fmt.Errorf("check_timeout: must be > 0")

@@ -53,6 +53,13 @@ type Policy struct {
 	RejectScore     float64 `yaml:"reject_score"`
 	// Appeal is appended to every 5xx given by a check, e.g. a URL or an address.
 	Appeal string `yaml:"appeal"`
+	// QuarantineRefuse answers quarantined mail with "550 5.7.1" during
+	// the session (the sender learns of it; no backscatter) while a copy is
+	// still kept for a human to release: "reject, yet recoverable".
+	QuarantineRefuse bool `yaml:"quarantine_refuse"`
+	// KeepRejected also keeps a quarantine copy of mail refused for its
+	// score at the end of DATA (never of viruses or other hard verdicts).
+	KeepRejected bool `yaml:"keep_rejected"`
 }
 
 // Default returns the safe defaults: every layer in reject mode (hard
@@ -118,6 +125,7 @@ type Decision struct {
 
 var (
 	replyTempfail = verdict.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "Temporary local problem, please try again later"}
+	replyHeld     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message refused as suspicious; a copy is held for review"}
 	replySpam     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message refused by policy"}
 )
 
@@ -187,6 +195,14 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 			d.Action, d.Reason = verdict.Tag, fmt.Sprintf("score %s >= tag %s", verdict.FormatScore(d.Score), verdict.FormatScore(p.TagScore))
 		case hard != nil:
 			d.Action, d.Reply, d.Reason = hard.Action, hard.Reply, hardFrom+": "+hard.Reason
+		}
+	}
+	if stage == Content {
+		switch {
+		case d.Action == verdict.Reject && p.KeepRejected && (hard == nil || hard.Action < verdict.Quarantine):
+			d.Action = verdict.Quarantine // Reply stays the 5xx: refused, yet recoverable
+		case d.Action == verdict.Quarantine && p.QuarantineRefuse && d.Reply.Code == 0:
+			d.Reply = replyHeld
 		}
 	}
 	if d.Reply.Code/100 == 5 && p.Appeal != "" && !strings.Contains(d.Reply.Text, p.Appeal) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -250,13 +251,16 @@ func (q *Queue) move(id, from, to string) error {
 // daemon holds the spool lock; the daemon answers in control/<reqid>.resp.
 
 type ctlRequest struct {
-	Op     string `json:"op"` // retry, retry-domain, delete, hold, release
+	Op     string `json:"op"` // retry, retry-domain, delete, hold, release, enqueue
 	ID     string `json:"id,omitempty"`
 	Domain string `json:"domain,omitempty"`
+	// Enqueue: the envelope, and the message in control/<ID>.eml.
+	Env *Envelope `json:"env,omitempty"`
 }
 
 type ctlResponse struct {
 	OK       bool   `json:"ok"`
+	QueueID  string `json:"queue_id,omitempty"`
 	NotFound bool   `json:"not_found,omitempty"`
 	Error    string `json:"error,omitempty"`
 	Count    int    `json:"count,omitempty"`
@@ -280,6 +284,12 @@ func (q *Queue) exec(r ctlRequest) ctlResponse {
 		err = q.Hold(r.ID)
 	case "release":
 		err = q.Release(r.ID)
+	case "enqueue":
+		var qid string
+		qid, err = q.enqueueControlFile(r)
+		if err == nil {
+			return ctlResponse{OK: true, QueueID: qid}
+		}
 	default:
 		err = fmt.Errorf("unknown operation %q", r.Op)
 	}
@@ -356,6 +366,8 @@ type Client struct {
 	Timeout time.Duration
 	// Log receives the recovery log of a direct (daemon-less) change.
 	Log *slog.Logger
+
+	lastID *string // where Enqueue collects the new queue ID
 }
 
 // NewClient returns a Client for the spool in dir.
@@ -468,6 +480,57 @@ func (c *Client) Release(id string) error {
 	return err
 }
 
+// enqueueControlFile queues the message a Client left in control/.
+func (q *Queue) enqueueControlFile(r ctlRequest) (string, error) {
+	if r.Env == nil || !ValidID(r.ID) {
+		return "", errors.New("enqueue: missing envelope or body")
+	}
+	name := dirControl + "/" + r.ID + ".eml"
+	f, err := q.root.Open(name)
+	if err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	defer q.root.Remove(name)
+	defer f.Close()
+	return q.Enqueue(r.Env, f)
+}
+
+// Enqueue queues a message from another process (a quarantine release by
+// `moat quarantine release`): through the running daemon, or directly into
+// the spool when none runs (delivered at its next start). It returns once
+// the message is durable in the spool.
+func (c *Client) Enqueue(env *Envelope, body io.Reader) (string, error) {
+	root, err := c.openRoot()
+	if err != nil {
+		return "", err
+	}
+	id := newID(time.Now())
+	name := dirControl + "/" + id + ".eml"
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	if err == nil {
+		_, err = io.Copy(f, body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	root.Close()
+	if err != nil {
+		return "", fmt.Errorf("enqueue: %w", err)
+	}
+	var qid string
+	c.lastID = &qid
+	_, err = c.do(ctlRequest{Op: "enqueue", ID: id, Env: env})
+	c.lastID = nil
+	if err != nil {
+		if r, rerr := c.openRoot(); rerr == nil {
+			r.Remove(name)
+			r.Close()
+		}
+		return "", err
+	}
+	return qid, nil
+}
+
 func (c *Client) do(req ctlRequest) (int, error) {
 	if req.Op != "retry-domain" && !ValidID(req.ID) {
 		return 0, ErrNotFound
@@ -502,6 +565,9 @@ func (c *Client) do(req ctlRequest) (int, error) {
 			var resp ctlResponse
 			if err := json.Unmarshal(b, &resp); err != nil {
 				return 0, fmt.Errorf("bad answer from the daemon: %w", err)
+			}
+			if c.lastID != nil {
+				*c.lastID = resp.QueueID
 			}
 			return resp.result()
 		}
@@ -551,5 +617,9 @@ func (c *Client) direct(root *os.Root, lock *os.File, req ctlRequest) (int, erro
 		return 0, err
 	}
 	defer q.Close()
-	return q.exec(req).result()
+	resp := q.exec(req)
+	if c.lastID != nil {
+		*c.lastID = resp.QueueID
+	}
+	return resp.result()
 }

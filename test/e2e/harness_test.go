@@ -80,6 +80,7 @@ type gateway struct {
 	cfgPath  string
 	SMTP     string
 	HTTP     string
+	Web      string
 	DNS      *dnstest.Server
 	cmd      *exec.Cmd
 	log      *syncBuffer
@@ -100,8 +101,9 @@ func newGateway(t testing.TB, body string) *gateway {
 	for _, a := range clamd.Addrs {
 		addrs += fmt.Sprintf(" %q,", a)
 	}
-	cfg := fmt.Sprintf("hostname: moat.test\ndata_dir: %s\nhttp:\n  listen: %s\nsmtp:\n  listen: [%q]\ndns:\n  resolvers: [%q]\n  timeout: 500ms\nchecks:\n  clamav:\n    addrs: [%s]\n",
-		filepath.Join(g.dir, "data"), g.HTTP, g.SMTP, g.DNS.Addr, strings.TrimSuffix(addrs, ",")) + body
+	g.Web = freeAddr(t)
+	cfg := fmt.Sprintf("hostname: moat.test\ndata_dir: %s\nweb:\n  listen: %s\n  cookie_secure: false\nhttp:\n  listen: %s\nsmtp:\n  listen: [%q]\ndns:\n  resolvers: [%q]\n  timeout: 500ms\nchecks:\n  clamav:\n    addrs: [%s]\n",
+		filepath.Join(g.dir, "data"), g.Web, g.HTTP, g.SMTP, g.DNS.Addr, strings.TrimSuffix(addrs, ",")) + body
 	if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
