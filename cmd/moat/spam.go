@@ -195,6 +195,7 @@ func cmdEval(args []string) int {
 	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's)")
 	lr := fs.Float64("learning-rate", 0, "logreg learning rate (default: the classifier's)")
 	mode := fs.String("mode", "everything", "everything | on-error")
+	features := fs.String("features", "", "logreg features: grams | words | grams+words (default: grams)")
 	order := fs.Bool("print-order", false, "print the evaluation order (label TAB member) and exit")
 	scores := fs.String("scores", "", "write per-message scores (member TAB label TAB probability) to FILE")
 	if err := fs.Parse(args); err != nil {
@@ -230,6 +231,9 @@ func cmdEval(args []string) int {
 	}
 	if *lr > 0 {
 		cfg.LearningRate = *lr
+	}
+	if *features != "" {
+		cfg.Features = *features
 	}
 	c, err := classify.New(cfg, classify.NewMemStore())
 	if err != nil {

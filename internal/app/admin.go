@@ -14,6 +14,7 @@ import (
 	"moat.dev/moat/internal/api"
 	"moat.dev/moat/internal/audit"
 	"moat.dev/moat/internal/check/clamav"
+	"moat.dev/moat/internal/check/lists"
 	"moat.dev/moat/internal/milter"
 	"moat.dev/moat/internal/passmark"
 	"moat.dev/moat/internal/policy"
@@ -213,3 +214,28 @@ func (a *App) serveAudit(w http.ResponseWriter, r *http.Request) {
 
 var _ = errors.New
 var _ = strings.ToLower
+
+// listSource feeds people's allow/block preferences (kept by the
+// quarantine: "always allow this sender", "block the sender", and
+// domain-wide entries stored for "@domain") into the lists check.
+type listSource struct{ a *App }
+
+func (s listSource) ListEntries(ctx context.Context, domain, rcpt string) ([]lists.Entry, error) {
+	if s.a.quar == nil {
+		return nil, nil
+	}
+	var out []lists.Entry
+	for _, who := range []string{"@" + domain, rcpt} {
+		if who == "" || who == "@" {
+			continue
+		}
+		ps, err := s.a.quar.Prefs.List(ctx, who)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			out = append(out, lists.Entry{Kind: lists.KindSender, Value: p.Sender, Allow: p.Kind == quarantine.Allow})
+		}
+	}
+	return out, nil
+}

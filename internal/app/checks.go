@@ -36,7 +36,7 @@ func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
 		return nil
 	}
 	// Cheap, local lists first: an allow or block decides before DNS.
-	l, err := lists.New(cc.Lists, lists.Deps{})
+	l, err := lists.New(cc.Lists, lists.Deps{Source: listSource{a}})
 	if err := add("lists", l, err); err != nil {
 		return nil, err
 	}

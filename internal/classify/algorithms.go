@@ -1,7 +1,6 @@
 package classify
 
 import (
-	"os"
 	"math"
 	"sort"
 )
@@ -36,10 +35,10 @@ func newChi2() *chi2 {
 	return &chi2{s: 0.45, x: 0.5, minDev: 0.1, maxClues: 150}
 }
 
-func (c *chi2) name() string            { return "chi2" }
-func (c *chi2) featureSet() FeatureSet  { return FeatureSet{} }
-func (c *chi2) key(h uint64) uint64     { return h >> 1 } // 63 bits: fits SQLite INTEGER
-func (c *chi2) exactUnlearn() bool      { return true }
+func (c *chi2) name() string           { return "chi2" }
+func (c *chi2) featureSet() FeatureSet { return FeatureSet{Words: true, Markup: true} }
+func (c *chi2) key(h uint64) uint64    { return h >> 1 } // 63 bits: fits SQLite INTEGER
+func (c *chi2) exactUnlearn() bool     { return true }
 func (c *chi2) tokenProb(r Row, t Totals) float64 {
 	n := float64(r.Ham + r.Spam)
 	if n == 0 || t.Ham == 0 && t.Spam == 0 {
@@ -130,15 +129,16 @@ type logreg struct {
 	eta     float64
 	etaBias float64
 	ada     bool
+	fs      FeatureSet
 }
 
-func newLogreg(bits int, eta float64) *logreg {
-	return &logreg{mask: 1<<uint(bits) - 1, eta: eta, etaBias: eta, ada: os.Getenv("XP_ADA") != ""}
+func newLogreg(bits int, eta float64, adaptive bool, fs FeatureSet) *logreg {
+	return &logreg{mask: 1<<uint(bits) - 1, eta: eta, etaBias: eta, ada: adaptive, fs: fs}
 }
 
 func (m *logreg) name() string { return "logreg" }
 func (m *logreg) featureSet() FeatureSet {
-	return FeatureSet{Pairs: os.Getenv("XP_NOPAIRS") == ""}
+	return m.fs
 }
 func (m *logreg) key(h uint64) uint64 {
 	// Fold the high bits in before masking so every bit of the hash counts.
@@ -153,9 +153,6 @@ func (m *logreg) margin(rows []Row, t Totals) (float64, float64) {
 		return t.Bias, 0
 	}
 	x := 1 / math.Sqrt(float64(len(rows)))
-	if xpNoNorm {
-		x = xpX
-	}
 	s := t.Bias
 	for _, r := range rows {
 		s += r.W * x
@@ -184,9 +181,6 @@ func (m *logreg) update(keys []uint64, rows []Row, t Totals, p float64, l Label,
 	if len(keys) > 0 {
 		x = 1 / math.Sqrt(float64(len(keys)))
 	}
-	if xpNoNorm {
-		x = xpX
-	}
 	d := make([]Delta, len(keys))
 	for i, k := range keys {
 		g := e * x
@@ -206,6 +200,3 @@ func (m *logreg) update(keys []uint64, rows []Row, t Totals, p float64, l Label,
 	}
 	return d, tt
 }
-
-var xpNoNorm = os.Getenv("XP_NONORM") != ""
-var xpX = 0.05

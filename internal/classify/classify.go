@@ -15,8 +15,6 @@
 package classify
 
 import (
-	"os"
-	"strconv"
 	"context"
 	"errors"
 	"fmt"
@@ -41,8 +39,17 @@ type Config struct {
 	MinUserTrain int `yaml:"min_user_train"`
 	// HashBits: logreg hashes features into 2^hash_bits weights (20..24).
 	HashBits int `yaml:"hash_bits"`
-	// LearningRate of logreg's gradient step.
+	// LearningRate of logreg's gradient step (AdaGrad: the first step of
+	// a feature; later steps shrink as its squared gradients add up).
 	LearningRate float64 `yaml:"learning_rate"`
+	// Adaptive: per-feature AdaGrad learning rates (default true); false is
+	// plain SGD with a constant rate.
+	Adaptive bool `yaml:"adaptive"`
+	// Features: which feature families logreg uses: "grams" (character
+	// 4-grams of the first 3000 bytes of header + decoded text, plus URL,
+	// attachment, MIME-defect and hidden-text features; default), "words"
+	// (word tokens and OSB pairs), or "grams+words".
+	Features string `yaml:"features"`
 	// TrainMode is "everything" (learn every lesson) or "on-error" (learn a
 	// lesson only when the model got it wrong or was unsure: TONE).
 	TrainMode string `yaml:"train_mode"`
@@ -61,7 +68,9 @@ func DefaultConfig() Config {
 		MinSpam:      50,
 		MinUserTrain: 200,
 		HashBits:     22,
-		LearningRate: 1,
+		LearningRate: 0.3,
+		Adaptive:     true,
+		Features:     "grams",
 		TrainMode:    "everything",
 		Threshold:    0.5,
 		MaxWords:     3000,
@@ -89,6 +98,11 @@ func (c *Config) Validate() error {
 	}
 	if !(c.LearningRate > 0 && c.LearningRate <= 100) {
 		return errors.New("learning_rate: must be > 0 and <= 100")
+	}
+	switch c.Features {
+	case "grams", "words", "grams+words":
+	default:
+		return fmt.Errorf("features: %q is not one of grams, words, grams+words", c.Features)
 	}
 	if c.TrainMode != "everything" && c.TrainMode != "on-error" {
 		return fmt.Errorf("train_mode: %q is not one of everything, on-error", c.TrainMode)
@@ -120,7 +134,14 @@ func New(cfg Config, store TokenStore) (*Classifier, error) {
 	case "chi2":
 		c.alg = newChi2()
 	default:
-		c.alg = newLogreg(cfg.HashBits, cfg.LearningRate)
+		var fs FeatureSet
+		if strings.Contains(cfg.Features, "grams") {
+			fs.Grams = 3000
+		}
+		if strings.Contains(cfg.Features, "words") {
+			fs.Words, fs.Pairs, fs.Markup = true, true, true
+		}
+		c.alg = newLogreg(cfg.HashBits, cfg.LearningRate, cfg.Adaptive, fs)
 	}
 	c.fs = c.alg.featureSet()
 	c.fs.MaxWords = cfg.MaxWords
@@ -293,9 +314,6 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 		return Skipped, nil
 	}
 	steps := 1
-	if !c.alg.exactUnlearn() {
-		steps = xpSteps
-	}
 	if outcome == Moved && !c.alg.exactUnlearn() {
 		steps = 5
 	}
@@ -328,14 +346,6 @@ func (c *Classifier) needsTraining(p float64, l Label) bool {
 	}
 	return p > 0.1
 }
-
-var xpSteps = func() int {
-	n, _ := strconv.Atoi(os.Getenv("XP_STEPS"))
-	if n < 1 {
-		n = 1
-	}
-	return n
-}()
 
 func applyDeltas(keys []uint64, rows []Row, d []Delta) []Row {
 	out := make([]Row, len(rows))

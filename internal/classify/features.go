@@ -1,7 +1,6 @@
 package classify
 
 import (
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,7 +19,10 @@ type Feature struct {
 
 // FeatureSet selects the feature families extracted.
 type FeatureSet struct {
-	Pairs    bool // OSB word pairs (orthogonal sparse bigrams, window 5)
+	Grams    int  // character 4-grams over the first Grams bytes of raw header + decoded text (0 = off)
+	Words    bool // word tokens of header fields, subject and body
+	Pairs    bool // OSB word pairs (orthogonal sparse bigrams, window 5); needs Words
+	Markup   bool // HTML tag and attribute tokens
 	MaxWords int  // body words considered (the first N); 0 = 3000
 }
 
@@ -101,81 +103,19 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 		maxWords = 3000
 	}
 	x := &extractor{names: names, seen: make(map[uint64]struct{}, 512)}
-	if os.Getenv("XP_ONLYGRAM") != "" {
-		src := string(m.RawHeader) + string(m.RawBody)
-		if os.Getenv("XP_ONLYGRAM") == "dec" {
-			src = string(m.RawHeader) + "\n" + m.Text
-		}
-		if len(src) > 3000 {
-			src = src[:3000]
-		}
-		for i := 0; i+4 <= len(src); i++ {
-			x.add("g:", src[i:i+4])
-		}
-		return x.out
+	if fs.Grams > 0 {
+		grams(x, m, fs.Grams)
 	}
-	for _, f := range m.Header {
-		if ignoredHeaders[f.Name] {
-			continue
-		}
-		name := strings.ToLower(f.Name)
-		switch {
-		case f.Name == "Subject":
-			ws := words(f.Value, 200)
-			for _, w := range ws {
-				x.add("s:", w)
-			}
-			if fs.Pairs {
-				osb(x, ws)
-			}
-			continue
-		case strings.HasPrefix(name, "x-") && !isInteresting(name):
-			// Unknown X- fields: only their presence.
-			x.add("hx:", name)
-			continue
-		}
-		x.add("hn:", name)
-		n := 0
-		for _, w := range words(f.Value, headerTokenLimit) {
-			x.add("h:"+name+":", w)
-			n++
-		}
-	}
-	body := words(m.Text, maxWords)
-	for _, w := range body {
-		x.add("w:", w)
-	}
-	if fs.Pairs {
-		osb(x, body)
-	}
-	if g := os.Getenv("XP_GRAM"); g != "" {
-		var src string
-		if g == "raw" {
-			src = string(m.RawHeader) + string(m.RawBody)
-		} else if g == "dec" {
-			src = string(m.RawHeader) + "\n" + m.Text
-		} else {
-			src = m.Subject + "\n" + m.Text
-		}
-		if len(src) > 3000 {
-			src = src[:3000]
-		}
-		for i := 0; i+4 <= len(src); i++ {
-			x.add("g:", src[i:i+4])
-		}
-	}
-	if os.Getenv("XP_NOMARKUP") == "" {
-		for _, t := range m.Markup {
-			x.add("html:", t)
-		}
-	}
-	if os.Getenv("XP_CASE") != "" {
-		for _, w := range wordsCase(m.Text, maxWords) {
-			x.add("W:", w)
-		}
+	if fs.Words {
+		wordFeatures(x, m, fs, maxWords)
 	}
 	for _, w := range words(m.HiddenText, 500) {
 		x.add("hid:", w)
+	}
+	if fs.Markup {
+		for _, t := range m.Markup {
+			x.add("html:", t)
+		}
 	}
 	for _, u := range m.URLs {
 		x.add("u:", u.Host)
@@ -204,6 +144,75 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 	x.add("meta:urls:", bucket(len(m.URLs)))
 	x.add("meta:parts:", bucket(m.Parts))
 	return x.out
+}
+
+// grams adds binary character 4-grams over the first n bytes of the raw
+// header block followed by the decoded visible text (Sculley & Wachman's
+// representation, with MIME decoding so base64 bodies are seen as text).
+func grams(x *extractor, m *message.Message, n int) {
+	hdr := m.RawHeader
+	if len(hdr) > n {
+		hdr = hdr[:n]
+	}
+	buf := make([]byte, 0, n+1)
+	buf = append(buf, hdr...)
+	buf = append(buf, '\n')
+	if rest := n + 1 - len(buf); rest > 0 {
+		t := m.Text
+		if len(t) > rest {
+			t = t[:rest]
+		}
+		buf = append(buf, t...)
+	}
+	pre := hashStr(fnvOffset, "g:")
+	for i := 0; i+4 <= len(buf); i++ {
+		g := buf[i : i+4]
+		h := pre
+		for _, c := range g {
+			h ^= uint64(c)
+			h *= fnvPrime
+		}
+		if x.names {
+			x.addHash(h, "g:", string(g))
+		} else {
+			x.addHash(h, "", "")
+		}
+	}
+}
+
+func wordFeatures(x *extractor, m *message.Message, fs FeatureSet, maxWords int) {
+	for _, f := range m.Header {
+		if ignoredHeaders[f.Name] {
+			continue
+		}
+		name := strings.ToLower(f.Name)
+		switch {
+		case f.Name == "Subject":
+			ws := words(f.Value, 200)
+			for _, w := range ws {
+				x.add("s:", w)
+			}
+			if fs.Pairs {
+				osb(x, ws)
+			}
+			continue
+		case strings.HasPrefix(name, "x-") && !isInteresting(name):
+			// Unknown X- fields: only their presence.
+			x.add("hx:", name)
+			continue
+		}
+		x.add("hn:", name)
+		for _, w := range words(f.Value, headerTokenLimit) {
+			x.add("h:"+name+":", w)
+		}
+	}
+	body := words(m.Text, maxWords)
+	for _, w := range body {
+		x.add("w:", w)
+	}
+	if fs.Pairs {
+		osb(x, body)
+	}
 }
 
 func isInteresting(name string) bool {
@@ -291,18 +300,4 @@ func words(s string, max int) []string {
 // good locality).
 func sortFeatures(fs []Feature) {
 	sort.Slice(fs, func(i, j int) bool { return fs[i].Hash < fs[j].Hash })
-}
-
-// wordsCase returns the tokens of s that contain upper-case letters, case kept.
-func wordsCase(s string, max int) []string {
-	var out []string
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '$' || r == '!') }) {
-		if len(out) >= max {
-			break
-		}
-		if len(f) > 1 && len(f) <= 20 && strings.ToLower(f) != f {
-			out = append(out, f)
-		}
-	}
-	return out
 }

@@ -47,7 +47,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:             "127.0.0.1:8891",
-		Trusted:            []string{"127.0.0.0/8", "::1/128"},
+		Trusted:            nil, // loopback is not trusted by default: add it for local submission
 		TrustAuthenticated: true,
 		MaxAge:             7 * 24 * time.Hour,
 		MaxMessageSize:     64 << 20,

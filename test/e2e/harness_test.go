@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -256,4 +257,17 @@ func requireTool(t testing.TB, name string) string {
 		t.Skipf("%s is not installed", name)
 	}
 	return p
+}
+
+func smtpDialRaw(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
+
+func b64lines(s string) string {
+	enc := base64.StdEncoding.EncodeToString([]byte(s))
+	var b strings.Builder
+	for len(enc) > 76 {
+		b.WriteString(enc[:76] + "\r\n")
+		enc = enc[76:]
+	}
+	b.WriteString(enc + "\r\n")
+	return b.String()
 }
