@@ -52,19 +52,43 @@ type Mark struct {
 	Digest []byte   // content digest, see Digest
 }
 
-// Digest computes the content digest of a raw message (header and body).
-func Digest(r io.Reader) ([]byte, error) {
+// digestFields are the header fields the content digest covers, when
+// present. MTAs on the way to the mailbox may add missing Date or
+// Message-ID fields (Postfix does for local clients), so, like DKIM's h=,
+// the digest records which of these were present when it was made; a
+// field added later is ignored, any change to a covered one is not.
+var digestFields = []string{"From", "To", "Cc", "Subject", "Date", "Message-Id"}
+
+// Digest computes the content digest of a raw message (header and body):
+// one byte saying which of the covered fields were present, then the
+// SHA-256 of those fields (every instance) and of the canonical body.
+func Digest(r io.Reader) ([]byte, error) { return digest(r, -1) }
+
+// digest computes the digest over the fields in mask (-1: those present).
+func digest(r io.Reader, mask int) ([]byte, error) {
 	br := bufio.NewReader(r)
 	tp := textproto.NewReader(br)
 	hdr, err := tp.ReadMIMEHeader()
-	if err != nil && !(errors.Is(err, io.EOF) && len(hdr) > 0) && !errors.Is(err, io.EOF) {
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("passmark: reading header: %w", err)
 	}
+	if mask < 0 {
+		mask = 0
+		for i, name := range digestFields {
+			if len(hdr[name]) > 0 {
+				mask |= 1 << i
+			}
+		}
+	}
 	h := sha256.New()
-	for _, name := range []string{"From", "To", "Cc", "Subject", "Date", "Message-Id"} {
+	for i, name := range digestFields {
+		if mask&(1<<i) == 0 {
+			continue
+		}
 		for _, v := range hdr[name] {
 			fmt.Fprintf(h, "%s:%s\n", strings.ToLower(name), strings.Join(strings.Fields(v), " "))
 		}
+		fmt.Fprintf(h, "%s.\n", strings.ToLower(name)) // a covered field that vanished changes the digest
 	}
 	h.Write([]byte("\n"))
 	// Body: line endings canonicalised to CRLF, trailing empty lines ignored
@@ -92,7 +116,7 @@ func Digest(r io.Reader) ([]byte, error) {
 			return nil, fmt.Errorf("passmark: reading body: %w", err)
 		}
 	}
-	return h.Sum(nil), nil
+	return append([]byte{byte(mask)}, h.Sum(nil)...), nil
 }
 
 func rcptTag(secret []byte, rcpt string) string {
@@ -245,12 +269,16 @@ func VerifyMessage(secret []byte, raw []byte, rcpts []string, opt Options) (*Par
 	if len(vals) == 0 {
 		return nil, ErrMissing
 	}
-	digest, err := Digest(bytes.NewReader(raw))
-	if err != nil {
-		return nil, err
-	}
 	var firstErr error
 	for _, v := range vals {
+		mask := -1
+		if p, err := Parse(v); err == nil && len(p.bh) == 33 {
+			mask = int(p.bh[0])
+		}
+		digest, err := digest(bytes.NewReader(raw), mask)
+		if err != nil {
+			return nil, err
+		}
 		p, err := Verify(secret, v, rcpts, digest, opt)
 		if err == nil {
 			return p, nil

@@ -85,3 +85,24 @@ func FuzzParse(f *testing.F) {
 		VerifyMessage([]byte("k"), []byte(Field+": "+s+"\r\n\r\nbody"), []string{"a@b"}, Options{})
 	})
 }
+
+// TestFieldsAddedOnTheWay: an MTA adding a missing Date or Message-ID on
+// the way to the mailbox (Postfix does for local clients) keeps the mark
+// valid; adding a second Subject does not.
+func TestFieldsAddedOnTheWay(t *testing.T) {
+	secret := DomainSecret([]byte("0123456789abcdef"), "example.com")
+	bare := "From: a@sender.example\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nbody\r\n"
+	marked := mark(t, secret, bare, []string{"bob@example.com"}, time.Now())
+	added := marked + "Date: Mon, 23 Nov 2026 08:00:00 +0000\r\nMessage-ID: <added@mta>\r\n" + bare
+	if _, err := VerifyMessage(secret, []byte(added), []string{"bob@example.com"}, Options{}); err != nil {
+		t.Fatalf("fields added later broke the mark: %v", err)
+	}
+	twice := marked + "Subject: second subject\r\n" + bare
+	if _, err := VerifyMessage(secret, []byte(twice), []string{"bob@example.com"}, Options{}); !errors.Is(err, ErrAltered) {
+		t.Fatalf("an added Subject: got %v, want ErrAltered", err)
+	}
+	removed := marked + strings.Replace(bare, "Subject: hi\r\n", "", 1)
+	if _, err := VerifyMessage(secret, []byte(removed), []string{"bob@example.com"}, Options{}); !errors.Is(err, ErrAltered) {
+		t.Fatalf("a removed Subject: got %v, want ErrAltered", err)
+	}
+}
