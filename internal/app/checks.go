@@ -5,16 +5,23 @@ import (
 	"fmt"
 
 	"moat.dev/moat/internal/check/attach"
+	"moat.dev/moat/internal/check/bayes"
 	"moat.dev/moat/internal/check/botnet"
 	"moat.dev/moat/internal/check/clamav"
+	"moat.dev/moat/internal/check/dkim"
+	"moat.dev/moat/internal/check/dmarc"
 	"moat.dev/moat/internal/check/dnsbl"
 	"moat.dev/moat/internal/check/greylist"
 	"moat.dev/moat/internal/check/helo"
 	"moat.dev/moat/internal/check/lists"
 	"moat.dev/moat/internal/check/rdns"
 	"moat.dev/moat/internal/check/recipient"
+	"moat.dev/moat/internal/check/rules"
 	"moat.dev/moat/internal/check/spf"
+	"moat.dev/moat/internal/check/uribl"
+	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/dnsx"
+	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/relay"
 	"moat.dev/moat/internal/verdict"
@@ -86,6 +93,36 @@ func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
 	}
 	a.closers = append(a.closers, cl)
 	a.clamav = cl
+	// Layer 6: spam. Authentication first (DMARC, tier 2, reads SPF and
+	// DKIM), then URI blocklists, the rules (tier 2: meta rules read other
+	// symbols) and the statistical classifier.
+	dk, err := dkim.New(cc.DKIM, dkim.Deps{Resolver: res, Log: a.log.With("check", "dkim")})
+	if err := add("dkim", dk, err); err != nil {
+		return nil, err
+	}
+	dm, err := dmarc.New(cc.DMARC, dmarc.Deps{Resolver: res, Log: a.log.With("check", "dmarc")})
+	if err := add("dmarc", dm, err); err != nil {
+		return nil, err
+	}
+	ub, err := uribl.New(cc.URIBL, uribl.Deps{Resolver: res, Log: a.log.With("check", "uribl"), Registerer: a.reg})
+	if err := add("uribl", ub, err); err != nil {
+		return nil, err
+	}
+	if r, ok := any(ub).(interface{ Run(context.Context) }); ok {
+		a.background = append(a.background, r.Run)
+	}
+	ru, err := rules.New(cc.Rules, rules.Deps{Log: a.log.With("check", "rules"), Registerer: a.reg})
+	if err := add("rules", ru, err); err != nil {
+		return nil, err
+	}
+	if err := classify.Migrate(ctx, a.store.DB()); err != nil {
+		return nil, fmt.Errorf("classifier tables: %w", err)
+	}
+	by, err := bayes.New(cc.Bayes, bayes.Deps{Store: classify.NewSQLStore(a.store.DB()), Log: a.log.With("check", "bayes"), Registerer: a.reg})
+	if err := add("bayes", by, err); err != nil {
+		return nil, err
+	}
+	a.learner = learner{by.Classifier()}
 	return checks, nil
 }
 
@@ -99,3 +136,21 @@ func (a *App) callout(ctx context.Context, domain, rcpt string) (verdict.Reply, 
 }
 
 var _ dnsx.Resolver = (*dnsx.Client)(nil)
+
+// learner teaches the classifier from people's corrections: a quarantine
+// release is a ham lesson, "report spam" a spam lesson.
+type learner struct{ c *classify.Classifier }
+
+func (l learner) Learn(ctx context.Context, raw []byte, spam bool, user string) error {
+	lab := classify.Ham
+	if spam {
+		lab = classify.Spam
+	}
+	_, err := l.c.Learn(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), lab)
+	return err
+}
+
+func (l learner) Score(ctx context.Context, raw []byte, user string) (float64, error) {
+	r, err := l.c.Classify(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), false)
+	return r.Prob, err
+}

@@ -8,15 +8,20 @@ import (
 	"strings"
 
 	"moat.dev/moat/internal/check/attach"
+	"moat.dev/moat/internal/check/bayes"
 	"moat.dev/moat/internal/check/botnet"
 	"moat.dev/moat/internal/check/clamav"
+	"moat.dev/moat/internal/check/dkim"
+	"moat.dev/moat/internal/check/dmarc"
 	"moat.dev/moat/internal/check/dnsbl"
 	"moat.dev/moat/internal/check/greylist"
 	"moat.dev/moat/internal/check/helo"
 	"moat.dev/moat/internal/check/lists"
 	"moat.dev/moat/internal/check/rdns"
 	"moat.dev/moat/internal/check/recipient"
+	"moat.dev/moat/internal/check/rules"
 	"moat.dev/moat/internal/check/spf"
+	"moat.dev/moat/internal/check/uribl"
 	"moat.dev/moat/internal/dnsx"
 )
 
@@ -34,6 +39,11 @@ type Checks struct {
 	Greylist  greylist.Config  `yaml:"greylist"`
 	Attach    attach.Config    `yaml:"attach"`
 	ClamAV    clamav.Config    `yaml:"clamav"`
+	DKIM      dkim.Config      `yaml:"dkim"`
+	DMARC     dmarc.Config     `yaml:"dmarc"`
+	URIBL     uribl.Config     `yaml:"uribl"`
+	Rules     rules.Config     `yaml:"rules"`
+	Bayes     bayes.Config     `yaml:"bayes"`
 }
 
 func defaultChecks() Checks {
@@ -41,6 +51,8 @@ func defaultChecks() Checks {
 		Lists: lists.DefaultConfig(), RDNS: rdns.DefaultConfig(), DNSBL: dnsbl.DefaultConfig(), HELO: helo.DefaultConfig(),
 		Botnet: botnet.DefaultConfig(), SPF: spf.DefaultConfig(), Recipient: recipient.DefaultConfig(),
 		Greylist: greylist.DefaultConfig(), Attach: attach.DefaultConfig(), ClamAV: clamav.DefaultConfig(),
+		DKIM: dkim.DefaultConfig(), DMARC: dmarc.DefaultConfig(), URIBL: uribl.DefaultConfig(), Rules: rules.DefaultConfig(),
+		Bayes: bayes.DefaultConfig(),
 	}
 }
 
@@ -52,6 +64,8 @@ func (c *Checks) validate() error {
 		{"lists", c.Lists.Validate}, {"rdns", c.RDNS.Validate}, {"dnsbl", c.DNSBL.Validate}, {"helo", c.HELO.Validate},
 		{"botnet", c.Botnet.Validate}, {"spf", c.SPF.Validate}, {"recipient", c.Recipient.Validate},
 		{"greylist", c.Greylist.Validate}, {"attach", c.Attach.Validate}, {"clamav", c.ClamAV.Validate},
+		{"dkim", c.DKIM.Validate}, {"dmarc", c.DMARC.Validate}, {"uribl", c.URIBL.Validate}, {"rules", c.Rules.Validate},
+		{"bayes", c.Bayes.Validate},
 	} {
 		if err := v.fn(); err != nil {
 			return fmt.Errorf("checks.%s.%w", v.name, err)
