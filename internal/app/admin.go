@@ -1,12 +1,15 @@
 package app
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"net/textproto"
 	"strings"
 	"sync"
 	"time"
@@ -101,12 +104,26 @@ func (a *App) domainSecret(domain string) []byte {
 // hold is the SMTP server's quarantine hook: the message is durable in the
 // quarantine before the session answers.
 func (a *App) hold(ctx context.Context, d smtpd.Draft, env *queue.Envelope, dec policy.Decision) error {
+	hr, err := d.Open()
+	if err != nil {
+		return err
+	}
+	hdr, _ := textproto.NewReader(bufio.NewReader(io.LimitReader(hr, 256<<10))).ReadMIMEHeader()
+	hr.Close()
 	r, err := d.Open()
 	if err != nil {
 		return err
 	}
 	defer r.Close()
+	dec2 := new(mime.WordDecoder)
+	decode := func(v string) string {
+		if out, err := dec2.DecodeHeader(v); err == nil {
+			return out
+		}
+		return v
+	}
 	e := &quarantine.Entry{
+		Subject: decode(hdr.Get("Subject")), HeaderFrom: decode(hdr.Get("From")),
 		Received: env.Received, From: env.From, Client: env.Client, Size: env.Size,
 		Score: dec.Score, Action: dec.Action.String(), Reasons: dec.Counted,
 		Refused: dec.Reply.Code/100 == 5, Prepend: env.Prepend,
