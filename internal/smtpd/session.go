@@ -17,6 +17,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/queue"
+	"moat.dev/moat/internal/spamhdr"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -454,11 +455,23 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 			}
 		}
 	}
-	if tagged {
-		writeField(&b, "X-Spam-Flag", "YES")
-		if dec.Action == verdict.Tag {
-			env.SubjectPrefix = "[SPAM] "
+	// SpamAssassin-compatible fields, so existing Sieve/procmail rules keep
+	// working: X-Spam-Flag (when tagged), X-Spam-Score, -Level, -Status.
+	required := 5.0
+	if s.srv.runner != nil && len(t.t.Rcpts) > 0 {
+		required = s.srv.runner.Policy(t.t.Rcpts[0].Domain).TagScore
+	}
+	for _, f := range spamhdr.SpamHeaders(dec.Score, required, syms) {
+		if f.Name == "X-Spam-Flag" && !tagged {
+			continue
 		}
+		writeField(&b, f.Name, f.Value)
+	}
+	if tagged && !strings.Contains(b.String(), "X-Spam-Flag:") {
+		writeField(&b, "X-Spam-Flag", "YES")
+	}
+	if dec.Action == verdict.Tag {
+		env.SubjectPrefix = "[SPAM] "
 	}
 	env.Prepend = b.String()
 	return env

@@ -39,7 +39,7 @@ func TestGTUBE(t *testing.T) {
 		t.Fatal("tagged GTUBE not delivered")
 	}
 	_, raw, _ := sink.ReadFile(lenient.Messages()[0])
-	for _, want := range []string{"Subject: [SPAM] test", "X-Spam-Flag: YES", "GTUBE"} {
+	for _, want := range []string{"Subject: [SPAM] test", "X-Spam-Flag: YES", "X-Spam-Status: Yes, score=", "tests=", "GTUBE"} {
 		if !bytes.Contains(raw, []byte(want)) {
 			t.Errorf("tagged message lacks %q:\n%s", want, raw)
 		}
