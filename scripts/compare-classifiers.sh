@@ -69,7 +69,7 @@ tc=0; tl=0
 while IFS="$(printf '\t')" read -r label name; do
 	f="$WORK/corpus/$name"
 	t0=$(date +%s%N)
-	s=$(bogofilter -d "$WORK/bogo" -T < "$f" | awk '{print $2}') || true
+	s=$(bogofilter -d "$WORK/bogo" -T < "$f" 2>/dev/null | awk '{print $2}') || true
 	t1=$(date +%s%N)
 	if [ "$label" = spam ]; then bogofilter -d "$WORK/bogo" -s < "$f"; else bogofilter -d "$WORK/bogo" -n < "$f"; fi
 	t2=$(date +%s%N)
@@ -80,13 +80,19 @@ n=$(wc -l < "$WORK/order")
 set -- $(auc "$WORK/bogo.ls" 0.99)
 echo "bogofilter $1 $2 $3 $(echo "$n $tc" | awk '{printf "%.0f", $1/($2/1e9)}') $(echo "$n $tl" | awk '{printf "%.0f", $1/($2/1e9)}')" >> "$WORK/table"
 
-# --- SpamAssassin Bayes, chunked: classify SA_CHUNK messages, then learn them ---
+# --- SpamAssassin Bayes, chunked: classify SA_CHUNK messages with spamc
+# (one spamd, loaded once), then sa-learn the chunk. Only the Bayes
+# probability (_BAYES_ template tag) is used, not SpamAssassin's rule score.
 if [ -z "${SKIP_SA:-}" ]; then
-	SAHOME=$WORK/sa; mkdir -p "$SAHOME/cf"
-	cat > "$SAHOME/cf/local.cf" <<CF
+	SAHOME=$WORK/sa; mkdir -p "$SAHOME/cf" "$SAHOME/bayes"
+	chmod 755 "$WORK" "$SAHOME" "$SAHOME/bayes"
+	chmod -R a+rX "$WORK/corpus"
+	cp /etc/spamassassin/*.pre "$SAHOME/cf/"
+	cat > "$SAHOME/cf/zz_local.cf" <<CF
 use_bayes 1
 bayes_auto_learn 0
-bayes_path $SAHOME/bayes
+bayes_path $SAHOME/bayes/bayes
+bayes_file_mode 0777
 bayes_min_ham_num 1
 bayes_min_spam_num 1
 add_header all Bayes _BAYES_
@@ -94,24 +100,29 @@ skip_rbl_checks 1
 use_razor2 0
 use_pyzor 0
 CF
+	SAPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	spamd -L -x -u nobody --siteconfigpath="$SAHOME/cf" -i 127.0.0.1 -p "$SAPORT" -m 2 -r "$SAHOME/spamd.pid" -s stderr -d 2>"$SAHOME/spamd.log"
+	i=0; while ! spamc -d 127.0.0.1 -p "$SAPORT" -K >/dev/null 2>&1 && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
 	: > "$WORK/sa.ls"; tc=0; tl=0
 	split -l "$SA_CHUNK" "$WORK/order" "$WORK/chunk."
 	for ch in "$WORK"/chunk.*; do
 		t0=$(date +%s%N)
 		while IFS="$(printf '\t')" read -r label name; do
-			s=$(spamassassin -L --siteconfigpath="$SAHOME/cf" -t < "$WORK/corpus/$name" 2>/dev/null | awk '/^X-Spam-Bayes:/{print $2; exit}')
+			s=$(spamc -d 127.0.0.1 -p "$SAPORT" < "$WORK/corpus/$name" 2>/dev/null | awk '/^X-Spam-Bayes:/{print $2; exit}')
 			printf '%s\t%s\n' "$label" "${s:-0.5}" >> "$WORK/sa.ls"
 		done < "$ch"
 		t1=$(date +%s%N)
 		grep '^spam' "$ch" | cut -f2 | sed "s|^|$WORK/corpus/|" > "$WORK/l.spam" || true
 		grep '^ham' "$ch" | cut -f2 | sed "s|^|$WORK/corpus/|" > "$WORK/l.ham" || true
-		[ -s "$WORK/l.spam" ] && sa-learn --siteconfigpath="$SAHOME/cf" --spam -f "$WORK/l.spam" >/dev/null
-		[ -s "$WORK/l.ham" ] && sa-learn --siteconfigpath="$SAHOME/cf" --ham -f "$WORK/l.ham" >/dev/null
+		if [ -s "$WORK/l.spam" ]; then sa-learn --siteconfigpath="$SAHOME/cf" --spam -f "$WORK/l.spam" >/dev/null 2>&1; fi
+		if [ -s "$WORK/l.ham" ]; then sa-learn --siteconfigpath="$SAHOME/cf" --ham -f "$WORK/l.ham" >/dev/null 2>&1; fi
+		chmod -R a+rwX "$SAHOME/bayes"
 		t2=$(date +%s%N)
 		tc=$((tc + t1 - t0)); tl=$((tl + t2 - t1))
 	done
+	kill "$(cat "$SAHOME/spamd.pid")" 2>/dev/null || true
 	set -- $(auc "$WORK/sa.ls" 0.5)
-	echo "spamassassin-bayes(chunk=$SA_CHUNK) $1 $2 $3 $(echo "$n $tc" | awk '{printf "%.1f", $1/($2/1e9)}') $(echo "$n $tl" | awk '{printf "%.0f", $1/($2/1e9)}')" >> "$WORK/table"
+	echo "sa-bayes(chunk=$SA_CHUNK) $1 $2 $3 $(echo "$n $tc" | awk '{printf "%.1f", $1/($2/1e9)}') $(echo "$n $tl" | awk '{printf "%.0f", $1/($2/1e9)}')" >> "$WORK/table"
 fi
 
 echo "corpus: $CORPUS ($n messages, seed $SEED, online order of moat eval --print-order)"

@@ -178,7 +178,7 @@ func cmdClassify(args []string) int {
 	if *explain {
 		fmt.Println("strongest features (positive = spam):")
 		for _, t := range r.Top {
-			fmt.Printf("  %+8.3f  %s\n", t.Value, t.Feature)
+			fmt.Printf("  %+8.3f  %q\n", t.Value, t.Feature)
 		}
 	}
 	return 0

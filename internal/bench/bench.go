@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,6 +39,15 @@ type Options struct {
 	// profile; the harness adds listeners, data dir and the domain.
 	ProfileConfig func(profile string, env *Env) (string, error)
 	Log           io.Writer
+	// Runs is how often each moat configuration is measured; the row
+	// reported is the median by end-to-end rate (default 1).
+	Runs int
+	// LogLevel is moat's log level during the run (default "info": the
+	// one line per transaction production writes is part of the cost).
+	LogLevel string
+	// Clamd is the address of a running clamd for the full profile
+	// ("unix:/path" or "tcp:host:port"); empty starts one.
+	Clamd string
 }
 
 // Env is what a profile's config can refer to.
@@ -57,7 +67,9 @@ type Row struct {
 	AcceptRate float64 // msgs/s from the first connection to smtp-source's exit
 	E2ERate    float64 // msgs/s until the backend had every message (0 for the ceiling)
 	P50, P99   time.Duration
-	PeakRSS    int64 // bytes, 0 if unknown
+	PeakRSS    int64   // bytes, 0 if unknown
+	CPUPerMsg  float64 // moat's CPU time (user+system) per message, ms
+	Runs       []float64
 	Errors     string
 }
 
@@ -81,6 +93,32 @@ func freeAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// waitListenOr is waitListen that gives up when stop is closed.
+func waitListenOr(addr string, d time.Duration, stop <-chan struct{}) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		select {
+		case <-stop:
+			return fmt.Errorf("moat exited before listening on %s", addr)
+		default:
+		}
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listens on %s after %v", addr, d)
 }
 
 func waitListen(addr string, d time.Duration) error {
@@ -178,12 +216,17 @@ func Moat(ctx context.Context, o Options, profile string, senders int, env *Env)
 			return row, err
 		}
 	}
+	level := o.LogLevel
+	if level == "" {
+		level = "info"
+	}
 	cfg := fmt.Sprintf(`hostname: moat.bench.example
 data_dir: %s
 log:
-  level: warn
+  level: %s
 http:
   listen: %s
+  pprof: true
 smtp:
   listen: [%q]
   max_connections_per_ip: 1000
@@ -193,7 +236,7 @@ domains:
     backends: [%q]
     recipients:
       mode: any
-%s`, filepath.Join(dir, "data"), httpAddr, smtpAddr, env.Backend, frag)
+%s`, filepath.Join(dir, "data"), level, httpAddr, smtpAddr, env.Backend, frag)
 	cfgPath := filepath.Join(dir, "moat.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return row, err
@@ -208,17 +251,21 @@ domains:
 	if err := cmd.Start(); err != nil {
 		return row, err
 	}
-	stopped := false
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
 	defer func() {
-		if !stopped {
+		select {
+		case <-exited:
+		default:
 			cmd.Process.Kill()
-			cmd.Wait()
+			<-exited
 		}
 	}()
-	if err := waitListen(smtpAddr, 20*time.Second); err != nil {
-		return row, fmt.Errorf("%v (see %s)", err, logf.Name())
+	if err := waitListenOr(smtpAddr, 60*time.Second, exited); err != nil {
+		b, _ := os.ReadFile(logf.Name())
+		return row, fmt.Errorf("%v; moat log:\n%s", err, tail(string(b), 2000))
 	}
-	return measure(ctx, o, row, senders, smtpAddr, httpAddr, cmd, &stopped, env)
+	return measure(ctx, o, row, senders, smtpAddr, httpAddr, cmd, exited, env)
 }
 
 // counter is what the benchmark needs of the backend.
@@ -226,8 +273,9 @@ type counter interface{ Count() int }
 
 var backendCounter counter
 
-func measure(ctx context.Context, o Options, row Row, senders int, smtpAddr, httpAddr string, cmd *exec.Cmd, stopped *bool, env *Env) (Row, error) {
+func measure(ctx context.Context, o Options, row Row, senders int, smtpAddr, httpAddr string, cmd *exec.Cmd, exited <-chan struct{}, env *Env) (Row, error) {
 	base := backendCounter.Count()
+	cpu0 := cpuTime(cmd.Process.Pid)
 	start := time.Now()
 	el, err := source(ctx, senders, o.Messages, o.Size, smtpAddr, "user@bench.example")
 	if err != nil {
@@ -244,20 +292,41 @@ func measure(ctx context.Context, o Options, row Row, senders int, smtpAddr, htt
 	if got < o.Messages {
 		row.Errors = strings.TrimSpace(row.Errors + fmt.Sprintf(" delivered %d of %d", got, o.Messages))
 	}
+	row.CPUPerMsg = float64(cpuTime(cmd.Process.Pid)-cpu0) / float64(time.Millisecond) / float64(o.Messages)
 	row.P50, row.P99 = latency(httpAddr)
 	row.PeakRSS = peakRSS(cmd.Process.Pid)
 	cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-exited:
 	case <-time.After(20 * time.Second):
 		cmd.Process.Kill()
-		<-done
+		<-exited
 	}
-	*stopped = true
 	return row, nil
 }
+
+// cpuTime reads the user+system CPU time a process used so far.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may contain spaces; count after ')'.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64) // utime: field 14 overall
+	st, _ := strconv.ParseInt(f[12], 10, 64) // stime: field 15
+	return time.Duration(ut+st) * time.Second / clockTicks
+}
+
+// clockTicks is USER_HZ, 100 on Linux.
+const clockTicks = 100
 
 // peakRSS reads VmHWM of a process.
 func peakRSS(pid int) int64 {
@@ -361,39 +430,87 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		return nil, err
 	}
 	defer dnsSrv.close()
-	env := &Env{Dir: dir, DNSAddr: dnsSrv.addr, Backend: backend.Addr(), Resolver: dnsSrv.addr}
-	var rows []Row
-	for _, s := range o.Senders {
-		r, err := Ceiling(ctx, s, o.Messages, o.Size)
+	env := &Env{Dir: dir, DNSAddr: dnsSrv.addr, Backend: backend.Addr(), Resolver: dnsSrv.addr, Clamd: o.Clamd}
+	if env.Clamd == "" && slices.Contains(o.Profiles, "full") {
+		c, err := startClamd()
 		if err != nil {
-			return rows, err
+			return nil, fmt.Errorf("full profile: %w", err)
 		}
-		rows = append(rows, r)
+		defer c.stop()
+		env.Clamd = c.addr
+		clamdPID = c.pid()
+	}
+	runs := max(o.Runs, 1)
+	logRow := func(r Row) {
 		if o.Log != nil {
 			fmt.Fprintln(o.Log, r)
 		}
-		for _, p := range o.Profiles {
-			r, err := Moat(ctx, o, p, s, env)
+	}
+	var rows []Row
+	for _, s := range o.Senders {
+		var ceil []Row
+		for range runs {
+			r, err := Ceiling(ctx, s, o.Messages, o.Size)
 			if err != nil {
-				return rows, fmt.Errorf("profile %s, %d senders: %w", p, s, err)
+				return rows, err
 			}
-			rows = append(rows, r)
-			if o.Log != nil {
-				fmt.Fprintln(o.Log, r)
+			logRow(r)
+			ceil = append(ceil, r)
+		}
+		rows = append(rows, median(ceil, func(r Row) float64 { return r.AcceptRate }))
+		for _, p := range o.Profiles {
+			var rs []Row
+			for range runs {
+				r, err := Moat(ctx, o, p, s, env)
+				if err != nil {
+					return rows, fmt.Errorf("profile %s, %d senders: %w", p, s, err)
+				}
+				if p == "full" && clamdPID > 0 {
+					r.Errors = strings.TrimSpace(r.Errors + fmt.Sprintf(" clamd peak RSS %d MB", peakRSS(clamdPID)>>20))
+				}
+				logRow(r)
+				rs = append(rs, r)
 			}
+			rows = append(rows, median(rs, func(r Row) float64 { return r.E2ERate }))
 		}
 	}
 	return rows, nil
 }
 
+// clamdPID is the clamd the harness started, 0 if none.
+var clamdPID int
+
+// median returns the run with the median key, recording every run's key.
+func median(rs []Row, key func(Row) float64) Row {
+	sorted := slices.Clone(rs)
+	sort.SliceStable(sorted, func(i, j int) bool { return key(sorted[i]) < key(sorted[j]) })
+	m := sorted[len(sorted)/2]
+	m.Runs = nil
+	for _, r := range rs {
+		m.Runs = append(m.Runs, key(r))
+	}
+	return m
+}
+
 func (r Row) String() string {
-	return fmt.Sprintf("%-22s senders=%-3d msgs=%d accept=%.0f/s e2e=%.0f/s p50=%v p99=%v rss=%dMB %s",
-		r.Target, r.Senders, r.Messages, r.AcceptRate, r.E2ERate, r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.PeakRSS>>20, r.Errors)
+	return fmt.Sprintf("%-22s senders=%-3d msgs=%d accept=%.0f/s e2e=%.0f/s p50=%v p99=%v rss=%dMB cpu=%.2fms/msg %s",
+		r.Target, r.Senders, r.Messages, r.AcceptRate, r.E2ERate, r.P50.Round(100*time.Microsecond), r.P99.Round(100*time.Microsecond), r.PeakRSS>>20, r.CPUPerMsg, r.Errors)
+}
+
+func (r Row) runsNote() string {
+	if len(r.Runs) < 2 {
+		return ""
+	}
+	parts := make([]string, len(r.Runs))
+	for i, v := range r.Runs {
+		parts[i] = fmt.Sprintf("%.0f", v)
+	}
+	return "runs: " + strings.Join(parts, ", ")
 }
 
 // Markdown renders rows as a table.
 func Markdown(w io.Writer, rows []Row, o Options) {
-	fmt.Fprintf(w, "| target | senders | messages | accepted msg/s | delivered msg/s (end to end) | p50 accept | p99 accept | peak RSS | notes |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(w, "| target | senders | messages | accepted msg/s | delivered msg/s (end to end) | p50 accept | p99 accept | peak RSS | moat CPU/msg | notes |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range rows {
 		e2e := "—"
 		if r.E2ERate > 0 {
@@ -405,6 +522,11 @@ func Markdown(w io.Writer, rows []Row, o Options) {
 			}
 			return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
 		}
-		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %s | %s | %s | %d MB | %s |\n", r.Target, r.Senders, r.Messages, r.AcceptRate, e2e, lat(r.P50), lat(r.P99), r.PeakRSS>>20, r.Errors)
+		cpu := "—"
+		if r.CPUPerMsg > 0 {
+			cpu = fmt.Sprintf("%.2f ms", r.CPUPerMsg)
+		}
+		notes := strings.TrimSpace(r.runsNote() + " " + r.Errors)
+		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %s | %s | %s | %d MB | %s | %s |\n", r.Target, r.Senders, r.Messages, r.AcceptRate, e2e, lat(r.P50), lat(r.P99), r.PeakRSS>>20, cpu, notes)
 	}
 }

@@ -1,10 +1,13 @@
 package classify
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -19,6 +22,7 @@ CREATE TABLE IF NOT EXISTS classify_tokens (
 	ham   INTEGER NOT NULL DEFAULT 0,
 	spam  INTEGER NOT NULL DEFAULT 0,
 	w     REAL NOT NULL DEFAULT 0,
+	g     REAL NOT NULL DEFAULT 0,
 	PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS classify_totals (
@@ -72,7 +76,38 @@ type SQLStore struct {
 // NewSQLStore returns a store over db; call Migrate first.
 func NewSQLStore(db *sql.DB) *SQLStore { return &SQLStore{db: db} }
 
-const getChunk = 500
+const (
+	getChunk    = 500
+	upsertChunk = 500
+)
+
+var (
+	upsertMu    sync.Mutex
+	upsertCache = map[int]string{}
+)
+
+// upsertSQL returns the multi-row upsert statement for n rows.
+func upsertSQL(n int) string {
+	upsertMu.Lock()
+	defer upsertMu.Unlock()
+	if q, ok := upsertCache[n]; ok {
+		return q
+	}
+	var b strings.Builder
+	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?)")
+	}
+	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, w = w + excluded.w, g = g + excluded.g")
+	q := b.String()
+	if len(upsertCache) < 64 {
+		upsertCache[n] = q
+	}
+	return q
+}
 
 // Get implements TokenStore.
 func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row, error) {
@@ -85,6 +120,7 @@ func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row,
 	for k := range pos {
 		uniq = append(uniq, k)
 	}
+	slices.Sort(uniq) // B-tree locality
 	args := make([]any, 0, getChunk+1)
 	for start := 0; start < len(uniq); start += getChunk {
 		end := min(start+getChunk, len(uniq))
@@ -92,7 +128,7 @@ func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row,
 		for _, k := range uniq[start:end] {
 			args = append(args, k)
 		}
-		q := "SELECT key, ham, spam, w FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", end-start-1) + ")"
+		q := "SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", end-start-1) + ")"
 		rows, err := s.db.QueryContext(ctx, q, args...)
 		if err != nil {
 			return nil, err
@@ -100,7 +136,7 @@ func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row,
 		for rows.Next() {
 			var k int64
 			var r Row
-			if err := rows.Scan(&k, &r.Ham, &r.Spam, &r.W); err != nil {
+			if err := rows.Scan(&k, &r.Ham, &r.Spam, &r.W, &r.G); err != nil {
 				rows.Close()
 				return nil, err
 			}
@@ -126,23 +162,26 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 			tx.Rollback()
 		}
 	}()
-	up, err := tx.PrepareContext(ctx, `INSERT INTO classify_tokens(scope, key, ham, spam, w) VALUES(?,?,?,?,?)
-		ON CONFLICT(scope, key) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, w = w + excluded.w`)
-	if err != nil {
-		return err
-	}
-	defer up.Close()
+	// Multi-row upserts, upsertChunk rows per statement, in key order.
+	slices.SortFunc(b.Deltas, func(x, y Delta) int { return cmp.Compare(int64(x.Key), int64(y.Key)) })
 	var shrink []int64
-	for _, d := range b.Deltas {
-		if _, err = up.ExecContext(ctx, scope, int64(d.Key), d.Ham, d.Spam, d.W); err != nil {
-			return err
+	args := make([]any, 0, upsertChunk*6)
+	for start := 0; start < len(b.Deltas); start += upsertChunk {
+		end := min(start+upsertChunk, len(b.Deltas))
+		args = args[:0]
+		for _, d := range b.Deltas[start:end] {
+			args = append(args, scope, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
+			if d.Ham < 0 || d.Spam < 0 {
+				shrink = append(shrink, int64(d.Key))
+			}
 		}
-		if d.Ham < 0 || d.Spam < 0 {
-			shrink = append(shrink, int64(d.Key))
+		q := upsertSQL(end - start)
+		if _, err = tx.ExecContext(ctx, q, args...); err != nil {
+			return err
 		}
 	}
 	if len(shrink) > 0 {
-		del, err := tx.PrepareContext(ctx, `DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0`)
+		del, err := tx.PrepareContext(ctx, `DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`)
 		if err != nil {
 			return err
 		}

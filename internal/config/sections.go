@@ -94,13 +94,6 @@ func (s *Sections) fill(c *Config) {
 	}
 	if len(s.DNS.Resolvers) == 0 {
 		s.DNS.Resolvers = systemResolvers()
-		if s.Quarantine.Dir == "" {
-			s.Quarantine.Dir = filepath.Join(c.DataDir, "quarantine")
-		}
-		if s.Audit.Gateway.Hostnames == nil && s.Audit.Gateway.Addresses == nil {
-			s.Audit.Gateway.Hostnames = c.Gateway.Hostnames
-			s.Audit.Gateway.Addresses = c.Gateway.Addresses
-		}
 		if len(s.DNS.Resolvers) == 0 {
 			s.DNS.Resolvers = []string{"127.0.0.1:53"}
 		}

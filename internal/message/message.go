@@ -188,6 +188,15 @@ func splitHeader(raw []byte) (hdr, body []byte) {
 
 func (p *parser) parse(raw []byte) {
 	m := p.m
+	// An mbox "From " envelope line (messages saved by local delivery
+	// agents) is not part of the message.
+	if bytes.HasPrefix(raw, []byte("From ")) {
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			raw = raw[i+1:]
+		} else {
+			raw = nil
+		}
+	}
 	hdrBytes, body := splitHeader(raw)
 	m.RawHeader = hdrBytes
 	rb := body
@@ -490,6 +499,7 @@ func (p *parser) readPart(e *gomessage.Entity, mt string, params map[string]stri
 }
 
 func (p *parser) addText(s string, scanURLs bool) {
+	s = sanitize(s)
 	if p.text.Len() > 0 {
 		p.text.WriteByte('\n')
 	}

@@ -61,32 +61,49 @@ func NewRunner(checks []Check, pol PolicySource, timeout time.Duration) *Runner 
 // Policy returns the policy for a domain ("" for the site).
 func (r *Runner) Policy(domain string) *policy.Policy { return r.policy(domain) }
 
+// runAll runs the enabled checks of one phase concurrently under one
+// deadline, the last of them in the calling goroutine (a phase with one
+// check costs no goroutine), and waits for all of them: a check that
+// ignores its context delays the phase either way.
 func runAll[C Check](ctx context.Context, r *Runner, pol *policy.Policy, checks []C, rep *verdict.Report, call func(context.Context, C) verdict.Result) {
+	last := -1
+	for i, c := range checks {
+		if pol.Enabled(c.Name()) {
+			last = i
+		}
+	}
+	if last < 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	run := func(c C) {
+		res := func() (res verdict.Result) {
+			defer func() {
+				if p := recover(); p != nil {
+					res = verdict.Result{Err: fmt.Errorf("panic: %v", p)}
+				}
+			}()
+			return call(ctx, c)
+		}()
+		if res.Err == nil && ctx.Err() != nil {
+			res.Err = fmt.Errorf("timed out after %v", r.timeout)
+		}
+		res.Check = c.Name()
+		rep.Add(res)
+	}
 	var wg sync.WaitGroup
-	for _, c := range checks {
+	for _, c := range checks[:last] {
 		if !pol.Enabled(c.Name()) {
 			continue
 		}
 		wg.Add(1)
-		go func(c C) {
+		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(ctx, r.timeout)
-			defer cancel()
-			res := func() (res verdict.Result) {
-				defer func() {
-					if p := recover(); p != nil {
-						res = verdict.Result{Err: fmt.Errorf("panic: %v", p)}
-					}
-				}()
-				return call(ctx, c)
-			}()
-			if res.Err == nil && ctx.Err() != nil {
-				res.Err = fmt.Errorf("timed out after %v", r.timeout)
-			}
-			res.Check = c.Name()
-			rep.Add(res)
-		}(c)
+			run(c)
+		}()
 	}
+	run(checks[last])
 	wg.Wait()
 }
 

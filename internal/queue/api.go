@@ -1,17 +1,26 @@
 // Package queue is Moat's durable spool: the one handoff between receiving
 // and delivering.
 //
-// Layout under Config.SpoolDir (every access goes through os.Root, so no
-// queue ID or file name can escape the directory):
+// Layout under Config.SpoolDir (every access goes through os.Root, or
+// through descriptors of tmp/, ready/ and hold/ opened with it and used
+// with single file names, so no queue ID or file name can escape the
+// directory):
 //
 //	lock            flock'ed by the process that owns the spool (moat serve)
 //	tmp/            drafts being received (<id>.eml) and envelope rewrites
 //	ready/<id>.eml  exactly the bytes received; never modified
-//	ready/<id>.env  JSON Envelope; the commit marker, written last and
-//	                replaced by write-tmp + fsync + rename
+//	ready/<id>.env  JSON Envelope; the commit marker, renamed into place
+//	                last; later replaced by write-tmp + fsync + rename
 //	hold/           messages an admin put on hold (same two files)
 //	corrupt/        entries that could not be read, kept for inspection
 //	control/        request files from `moat queue` while the daemon runs
+//
+// A commit renames both files into ready/ and then fsyncs the .eml, the
+// .env and ready/ at once (one round of fsyncs instead of three in a row);
+// the 250 is given only after all three are durable. The .env records the
+// size and CRC-32C of the bytes, so that recovery can tell the commit a
+// crash cut short (never acknowledged) from a committed message: see
+// Draft.commit.
 package queue
 
 import (
@@ -84,6 +93,10 @@ type Envelope struct {
 	// Subject field's value by the relay while streaming (a Subject field
 	// is added if the message has none). The received bytes stay untouched.
 	SubjectPrefix string `json:"subject_prefix,omitempty"`
+	// BodyCRC32C is the CRC-32C (Castagnoli) of the .eml bytes, set by
+	// Commit. Recovery checks it (and Size) for messages never attempted,
+	// to tell a commit a crash interrupted from a committed message.
+	BodyCRC32C uint32 `json:"body_crc32c,omitempty"`
 }
 
 // Delivery is one attempt to hand a message to one domain's backend.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -21,6 +23,7 @@ type Queue struct {
 	d    Deliverer
 	log  *slog.Logger
 	root *os.Root
+	dirs *dirs // tmp/, ready/, hold/ kept open for the *at calls
 	lock *os.File
 	m    *metrics
 	now  func() time.Time
@@ -120,12 +123,19 @@ func openLocked(cfg Config, d Deliverer, log *slog.Logger, reg prometheus.Regist
 		domActive:   make(map[string]int),
 	}
 	q.dctx, q.dcancel = context.WithCancel(context.Background())
+	ds, err := openDirs(root)
+	if err != nil {
+		return nil, fmt.Errorf("queue: spool_dir: %w", err)
+	}
+	q.dirs = ds
 	m, err := newMetrics(q, reg)
 	if err != nil {
+		ds.close()
 		return nil, err
 	}
 	q.m = m
 	if err := q.recover(); err != nil {
+		ds.close()
 		return nil, err
 	}
 	go q.committer()
@@ -141,6 +151,7 @@ func (q *Queue) Close() error {
 		<-q.commitDone
 		q.dcancel()
 		q.lock.Close() // releases the flock
+		q.dirs.close()
 		q.root.Close()
 	})
 	return nil
@@ -221,6 +232,9 @@ func (q *Queue) load(id, dir string) {
 	if err == nil {
 		env, err = parseEnvelope(b, id)
 	}
+	if err == nil && neverAttempted(env) {
+		err = q.checkBody(env, dir)
+	}
 	if err != nil {
 		q.log.Error("queue: unreadable envelope, moved to corrupt/", "queue_id", id, "dir", dir, "err", err)
 		q.toCorrupt(path(dir, id, ".env"))
@@ -233,6 +247,42 @@ func (q *Queue) load(id, dir string) {
 		return
 	}
 	q.add(env, dir)
+}
+
+// neverAttempted reports whether no delivery of env was attempted yet: only
+// then can its commit have been cut short by a crash (a message is
+// delivered only after its commit completed).
+func neverAttempted(env *Envelope) bool {
+	for _, r := range env.Rcpts {
+		if r.Attempts > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkBody verifies the .eml against the size and CRC-32C its envelope
+// recorded at commit. A mismatch means the bytes never became durable (a
+// crash during a commit, before the 250) or were damaged on disk.
+func (q *Queue) checkBody(env *Envelope, dir string) error {
+	if env.BodyCRC32C == 0 {
+		return nil // written before checksums, or a CRC of 0
+	}
+	f, err := q.openAt(dir, env.ID+".eml", os.O_RDONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := crc32.New(castagnoli)
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return err
+	}
+	if n != env.Size || h.Sum32() != env.BodyCRC32C {
+		return fmt.Errorf("message bytes do not match the envelope (%d bytes, crc32c %08x; want %d, %08x): commit interrupted by a crash, or damaged",
+			n, h.Sum32(), env.Size, env.BodyCRC32C)
+	}
+	return nil
 }
 
 func (q *Queue) readFileLimit(name string, limit int64) ([]byte, error) {
@@ -268,11 +318,11 @@ func (q *Queue) toCorrupt(name string) {
 // removeFiles deletes a message: the marker first, then the bytes, so a
 // crash in between leaves an uncommitted .eml that recovery removes.
 func (q *Queue) removeFiles(id, dir string) error {
-	err := q.root.Remove(path(dir, id, ".env"))
+	err := q.removeAt(dir, id+".env")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	err = q.root.Remove(path(dir, id, ".eml"))
+	err = q.removeAt(dir, id+".eml")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"time"
 
@@ -61,8 +62,10 @@ func (q *Queue) signal() {
 	}
 }
 
-// add registers a committed message and wakes the dispatcher, so a fresh
-// message is attempted at once.
+// add registers a committed message and starts its delivery at once when
+// a worker is free (no hand-off to the dispatcher goroutine: that wake-up
+// cost as much as a system call per message); otherwise the dispatcher is
+// woken to take it when it can.
 func (q *Queue) add(env *Envelope, dir string) {
 	q.mu.Lock()
 	if _, dup := q.msgs[env.ID]; dup {
@@ -73,8 +76,14 @@ func (q *Queue) add(env *Envelope, dir string) {
 	e := &entry{env: env, dir: dir, jobs: make(map[string]*job)}
 	q.msgs[env.ID] = e
 	q.scheduleLocked(e)
+	if q.running {
+		q.dispatchLocked(q.now())
+	}
+	wake := !q.running || len(q.heap) > 0
 	q.mu.Unlock()
-	q.signal()
+	if wake {
+		q.signal()
+	}
 }
 
 // scheduleLocked makes sure every domain with pending recipients has a job
@@ -244,7 +253,7 @@ func (q *Queue) startLocked(j *job) {
 		Env:    cloneEnv(e.env),
 		Domain: j.domain,
 		Rcpts:  rcpts,
-		Open:   func() (io.ReadCloser, error) { return q.root.Open(path(dir, id, ".eml")) },
+		Open:   func() (io.ReadCloser, error) { return q.openAt(dir, id+".eml", os.O_RDONLY, 0) },
 	}
 	q.inflight.Add(1)
 	go q.deliver(j, d)
@@ -424,7 +433,14 @@ func (q *Queue) finish(j *job, d *Delivery, results []Result) {
 	} else if err := q.persist(snap, dir); err != nil {
 		log.Error("queue: cannot persist envelope; state since the last write will be retried", "err", err)
 	}
-	q.signal()
+	// Wake the dispatcher only when there is something for it: a job
+	// waiting for the slot this attempt freed, or a retry to time.
+	q.mu.Lock()
+	wake := len(q.heap) > 0
+	q.mu.Unlock()
+	if wake {
+		q.signal()
+	}
 }
 
 // backoff returns the wait after the n-th consecutive temporary failure.

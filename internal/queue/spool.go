@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -26,8 +28,8 @@ const (
 const (
 	fileMode    = 0o640
 	dirMode     = 0o750
-	draftBufLen = 256 << 10 // the SMTP session writes through this buffer
-	maxBatch    = 512       // most renames one directory fsync covers
+	draftBufLen = 64 << 10 // the SMTP session writes through this buffer (pooled)
+	maxBatch    = 512      // most renames one directory fsync covers
 )
 
 var errClosed = errors.New("queue: closed")
@@ -164,15 +166,7 @@ func (q *Queue) syncDir(name string) error {
 			return err
 		}
 	}
-	f, err := q.root.Open(name)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return q.dirs.files[dirIndex(name)].Sync()
 }
 
 // commit submits renames to the group committer and waits until they and
@@ -189,39 +183,49 @@ func (q *Queue) commit(ops []renameOp, dirs dirBit) error {
 
 func path(dir, id, ext string) string { return dir + "/" + id + ext }
 
-// writeEnvTmp writes env as JSON to a new file in tmp/ and fsyncs it.
-func (q *Queue) writeEnvTmp(env *Envelope) (string, error) {
+// castagnoli is the CRC-32C table (hardware-accelerated on amd64/arm64).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// writerPool recycles the draft write buffers: allocating (and zeroing)
+// a fresh one per message was a tenth of the CPU at 20 sessions.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, draftBufLen) }}
+
+// writeEnvTmp writes env as JSON to a new file in tmp/ and returns it
+// open, not yet fsync'ed, with its name in tmp/.
+func (q *Queue) writeEnvTmp(env *Envelope) (*os.File, string, error) {
 	b, err := json.Marshal(env)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
-	name := path(dirTmp, env.ID, ".env."+strconv.FormatUint(q.seq.Add(1), 10))
-	f, err := q.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
+	name := env.ID + ".env." + strconv.FormatUint(q.seq.Add(1), 10)
+	f, err := q.openAt(dirTmp, name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fileMode)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		q.removeAt(dirTmp, name)
+		return nil, "", err
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		q.root.Remove(name)
-		return "", err
-	}
-	return name, nil
+	return f, name, nil
 }
 
-// persist durably replaces dir/<id>.env with env.
+// persist durably replaces dir/<id>.env with env: write tmp, fsync, rename
+// (by the group committer), fsync the directory.
 func (q *Queue) persist(env *Envelope, dir string) error {
-	tmp, err := q.writeEnvTmp(env)
+	f, name, err := q.writeEnvTmp(env)
 	if err != nil {
 		return err
 	}
-	if err := q.commit([]renameOp{{tmp, path(dir, env.ID, ".env")}}, bitFor(dir)); err != nil {
-		q.root.Remove(tmp)
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = q.commit([]renameOp{{dirTmp + "/" + name, path(dir, env.ID, ".env")}}, bitFor(dir))
+	}
+	if err != nil {
+		q.removeAt(dirTmp, name)
 		return err
 	}
 	return nil
@@ -234,9 +238,10 @@ type Draft struct {
 	q    *Queue
 	id   string
 	f    *os.File
-	w    *bufio.Writer
+	w    *bufio.Writer // from writerPool; nil once returned
 	n    int64
-	err  error // sticky write error
+	crc  uint32 // CRC-32C of the bytes written
+	err  error  // sticky write error
 	done bool
 }
 
@@ -247,14 +252,16 @@ func (q *Queue) NewDraft() (*Draft, error) {
 	}
 	for range 3 {
 		id := newID(q.now())
-		f, err := q.root.OpenFile(path(dirTmp, id, ".eml"), os.O_RDWR|os.O_CREATE|os.O_EXCL, fileMode)
+		f, err := q.openAt(dirTmp, id+".eml", os.O_RDWR|os.O_CREATE|os.O_EXCL, fileMode)
 		if errors.Is(err, os.ErrExist) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		return &Draft{q: q, id: id, f: f, w: bufio.NewWriterSize(f, draftBufLen)}, nil
+		w := writerPool.Get().(*bufio.Writer)
+		w.Reset(f)
+		return &Draft{q: q, id: id, f: f, w: w}, nil
 	}
 	return nil, errors.New("queue: could not create a unique draft")
 }
@@ -275,6 +282,7 @@ func (d *Draft) Write(p []byte) (int, error) {
 	}
 	n, err := d.w.Write(p)
 	d.n += int64(n)
+	d.crc = crc32.Update(d.crc, castagnoli, p[:n])
 	d.err = err
 	return n, err
 }
@@ -295,7 +303,7 @@ func (d *Draft) Open() (io.ReadCloser, error) {
 	}
 	// A descriptor of its own: the reader stays valid across Commit
 	// (rename) and even Abort (unlink), and must be closed.
-	f, err := d.q.root.Open(path(dirTmp, d.id, ".eml"))
+	f, err := d.q.openAt(dirTmp, d.id+".eml", os.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -305,6 +313,15 @@ func (d *Draft) Open() (io.ReadCloser, error) {
 	}{io.LimitReader(f, d.n), f}, nil
 }
 
+// release returns the write buffer to the pool.
+func (d *Draft) release() {
+	if d.w != nil {
+		d.w.Reset(nil)
+		writerPool.Put(d.w)
+		d.w = nil
+	}
+}
+
 // Abort discards the draft. It is safe to call after Commit (it then does
 // nothing) and more than once.
 func (d *Draft) Abort() {
@@ -312,8 +329,12 @@ func (d *Draft) Abort() {
 		return
 	}
 	d.done = true
-	d.f.Close()
-	d.q.root.Remove(path(dirTmp, d.id, ".eml"))
+	d.release()
+	if d.f != nil {
+		d.f.Close()
+		d.f = nil
+	}
+	d.q.removeAt(dirTmp, d.id+".eml")
 }
 
 // Commit makes the message and env durable and queues it for delivery.
@@ -321,8 +342,8 @@ func (d *Draft) Abort() {
 // directory entries are in ready/ and fsync'ed. On error nothing is left in
 // ready/ and the draft is discarded; the caller answers 451 4.3.0.
 //
-// Commit copies env, filling in ID, Size and (if zero) Received; recipients
-// with an empty Status are pending.
+// Commit copies env, filling in ID, Size, BodyCRC32C and (if zero)
+// Received; recipients with an empty Status are pending.
 func (d *Draft) Commit(env *Envelope) error {
 	if d.done {
 		return errors.New("queue: draft already committed or aborted")
@@ -339,6 +360,19 @@ func (d *Draft) Commit(env *Envelope) error {
 	return nil
 }
 
+// commit makes the draft a queue entry with one round of fsyncs instead of
+// three in a row. The .eml and the .env are written, both renamed into
+// ready/, and then the .eml, the .env and ready/ are fsync'ed at the same
+// time (the directory by the group committer, shared with concurrent
+// commits), so the file system can cover them with one journal commit.
+// Only when all three are durable does Commit return.
+//
+// A crash before that may leave a ready/<id>.env whose .eml (or the .env
+// itself) is incomplete, since the renames can reach the disk before the
+// data. That message was never acknowledged, and recovery recognises it:
+// the .env records the size and CRC-32C of the bytes; a .env that does not
+// parse (e.g. empty) and a message whose bytes do not match go to corrupt/
+// instead of being delivered (see Queue.load and Queue.checkBody).
 func (d *Draft) commit(in *Envelope) error {
 	q := d.q
 	if q.closed.Load() {
@@ -351,30 +385,53 @@ func (d *Draft) commit(in *Envelope) error {
 	if err != nil {
 		return err
 	}
+	env.BodyCRC32C = d.crc
 	if err := d.w.Flush(); err != nil {
 		return err
 	}
-	if err := d.f.Sync(); err != nil {
+	d.release()
+	ef, tmpEnv, err := q.writeEnvTmp(env)
+	if err != nil {
 		return err
 	}
-	if err := d.f.Close(); err != nil {
+	defer ef.Close()
+	eml := d.id + ".eml"
+	if err := q.renameAt(dirTmp, eml, dirReady, eml); err != nil {
+		q.removeAt(dirTmp, tmpEnv)
 		return err
+	}
+	if err := q.renameAt(dirTmp, tmpEnv, dirReady, d.id+".env"); err != nil {
+		q.removeAt(dirTmp, tmpEnv)
+		q.removeAt(dirReady, eml)
+		return fmt.Errorf("queue: commit %s: %w", d.id, err)
+	}
+	envSynced := make(chan error, 1)
+	go func() { envSynced <- ef.Sync() }()
+	dirReq := &commitReq{dirs: bitReady, done: make(chan error, 1)}
+	var dirErr error
+	select {
+	case q.commitCh <- dirReq:
+	case <-q.stopCommit:
+		dirErr = errClosed
+	}
+	err = d.f.Sync()
+	if e := <-envSynced; err == nil {
+		err = e
+	}
+	if dirErr == nil {
+		dirErr = <-dirReq.done
+	}
+	if err == nil {
+		err = dirErr
+	}
+	if cerr := d.f.Close(); err == nil {
+		err = cerr
 	}
 	d.f = nil
-	tmpEnv, err := q.writeEnvTmp(env)
 	if err != nil {
-		return err
-	}
-	err = q.commit([]renameOp{
-		{path(dirTmp, d.id, ".eml"), path(dirReady, d.id, ".eml")},
-		{tmpEnv, path(dirReady, d.id, ".env")}, // the commit marker, last
-	}, bitReady)
-	if err != nil {
-		// The renames may have happened although the fsync failed:
-		// remove the marker first, then the bytes.
-		q.root.Remove(path(dirReady, d.id, ".env"))
-		q.root.Remove(path(dirReady, d.id, ".eml"))
-		q.root.Remove(tmpEnv)
+		// Remove the marker first, then the bytes.
+		q.removeAt(dirReady, d.id+".env")
+		q.removeAt(dirReady, eml)
 		return fmt.Errorf("queue: commit %s: %w", d.id, err)
 	}
 	q.add(env, dirReady)

@@ -31,8 +31,12 @@ type smtpConn struct {
 	tls  bool
 	addr string // host:port
 
-	cfg       *Config
-	messages  int    // transactions completed on this connection
+	cfg      *Config
+	messages int // transactions completed on this connection
+	// dirty is set while a transaction may be open on the backend (MAIL
+	// sent, no final reply to the message yet): only then does park send
+	// RSET, saving a round trip per message on a reused connection.
+	dirty     bool
 	xclientID string // the client XCLIENT made this session stand for, if any
 	idleAt    time.Time
 }

@@ -266,10 +266,13 @@ func (r *Relay) park(p *pool, c *smtpConn) {
 		r.closeConn(c)
 		return
 	}
-	if rr, err := c.cmd(r.cfg.CommandTimeout, "RSET"); err != nil || rr.Code != 250 {
-		c.nc.Close()
-		r.metrics.open.Dec()
-		return
+	if c.dirty {
+		if rr, err := c.cmd(r.cfg.CommandTimeout, "RSET"); err != nil || rr.Code != 250 {
+			c.nc.Close()
+			r.metrics.open.Dec()
+			return
+		}
+		c.dirty = false
 	}
 	c.nc.SetDeadline(time.Time{})
 	c.idleAt = r.now()
@@ -372,6 +375,14 @@ func (r *Relay) deliver(ctx context.Context, d *queue.Delivery) []queue.Result {
 			return allResults(d, synth(553, [3]int{5, 1, 3}, "invalid recipient address"), "")
 		}
 	}
+	if body := loadSmall(d); body != nil {
+		// Read the message once, not once for the pass mark's digest
+		// and again for each backend tried.
+		defer body.release()
+		dd := *d
+		dd.Open = body.open
+		d = &dd
+	}
 	msg, err := r.prepare(d, route)
 	if err != nil {
 		if errors.Is(err, errNUL) {
@@ -431,6 +442,20 @@ type prepared struct {
 func (r *Relay) prepare(d *queue.Delivery, route *Route) (*prepared, error) {
 	now := r.now()
 	p := &prepared{received: r.receivedField(d, now)}
+	if d.Env.Size > 0 && d.Env.Size <= maxInMemory {
+		// Small message: normalise into memory, no pipe and goroutine
+		// (this pass also finds NUL bytes before anything is sent).
+		digest, err := memDigest(d)
+		if err != nil {
+			return nil, err
+		}
+		if len(route.PassSecret) == 0 {
+			return p, nil
+		}
+		v := passmark.Sign(route.PassSecret, passmark.Mark{Domain: d.Domain, ID: d.Env.ID, Time: now, Rcpts: d.Rcpts, Digest: digest})
+		p.pass = passmark.Field + ": " + strings.ReplaceAll(v, "; ", ";\r\n\t") + "\r\n"
+		return p, nil
+	}
 	pr, pw := io.Pipe()
 	go func() {
 		rc, err := d.Open()
@@ -538,6 +563,7 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 	}
 	pipelining := c.has("PIPELINING")
 	c.nc.SetWriteDeadline(time.Now().Add(cmdTO))
+	c.dirty = true // until the final reply to the message
 	c.bw.WriteString(mail + "\r\n")
 	if !pipelining {
 		if err := c.bw.Flush(); err != nil {
@@ -556,6 +582,11 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 		if !pipelining {
 			break // sent one by one below
 		}
+	}
+	if pipelining {
+		// DATA ends the command group (RFC 2920 3.1): one round trip
+		// for the whole envelope, as Postfix's client does.
+		c.bw.WriteString("DATA\r\n")
 	}
 	if err := c.bw.Flush(); err != nil {
 		return lost("MAIL", err)
@@ -599,12 +630,28 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 			}
 		}
 	}
-	if accepted == 0 {
-		return res, false, true
-	}
-	rr, err := c.cmd(cmdTO, "DATA")
-	if err != nil {
-		return lost("DATA", err)
+	var rr verdict.Reply
+	if pipelining {
+		var err error
+		if rr, _, err = c.readReply(cmdTO); err != nil {
+			return lost("DATA", err)
+		}
+		if accepted == 0 {
+			if rr.Code == 354 {
+				// 354 although no recipient was accepted: the
+				// session is in an unknown state; drop it.
+				return res, false, false
+			}
+			return res, false, true
+		}
+	} else {
+		if accepted == 0 {
+			return res, false, true
+		}
+		var err error
+		if rr, err = c.cmd(cmdTO, "DATA"); err != nil {
+			return lost("DATA", err)
+		}
 	}
 	if rr.Code != 354 {
 		setAccepted(res, rr)
@@ -630,6 +677,7 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 		return res, false, false
 	}
 	setAccepted(res, final)
+	c.dirty = false // the final reply ends the transaction, whatever it says
 	c.messages++
 	log.Info("relay: delivered", "backend", host, "reply", final.String(), "rcpts", accepted, "tls", c.tls)
 	return res, false, final.Code != 421

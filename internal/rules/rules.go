@@ -12,6 +12,7 @@
 //	meta     NAME (A && !B) || C > 0       boolean (and sums: A + B + C >= 2) over other rules
 //	score    NAME 1.5
 //	describe NAME text
+//	symbol   NAME                          declares another check's symbol (SPF_FAIL, ...) for meta rules
 //
 // Flags: i (case-insensitive), m (multi-line), s (dot matches newline).
 // Regular expressions are Go RE2: no look-around, no back-references. Rules
@@ -34,6 +35,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"moat.dev/moat/internal/message"
 )
 
 // Kind is the target a rule tests.
@@ -59,7 +62,7 @@ type Rule struct {
 	Exists   bool   // header exists: test
 	Negate   bool   // !~
 	Re       *regexp.Regexp
-	Literal  string // lower-cased literal every match contains ("" = always run the regex)
+	Literals []string // lower-cased literals, one of which every match contains (nil = always run the regex)
 	Meta     expr
 	Score    float64
 	Describe string
@@ -72,7 +75,7 @@ type Set struct {
 	byKey map[string]*Rule
 	order []*Rule // meta rules in dependency order
 	ac    [numTargets]*acMatcher
-	acIdx [numTargets][]*Rule // automaton pattern index → rule
+	acIdx [numTargets][]*Rule // automaton pattern index → rule (a rule may own several patterns)
 	plain [numTargets][]*Rule // rules without a usable literal
 }
 
@@ -104,6 +107,7 @@ func Parse(name string, r io.Reader) (*Set, error) {
 }
 
 type parser struct {
+	external map[string]bool
 	rules    map[string]*Rule
 	order    []string
 	scores   map[string]float64
@@ -112,7 +116,7 @@ type parser struct {
 }
 
 func newParser() *parser {
-	return &parser{rules: map[string]*Rule{}, scores: map[string]float64{}, scorePos: map[string]string{}, descr: map[string]string{}}
+	return &parser{external: map[string]bool{}, rules: map[string]*Rule{}, scores: map[string]float64{}, scorePos: map[string]string{}, descr: map[string]string{}}
 }
 
 var nameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
@@ -150,6 +154,9 @@ func (p *parser) parse(file string, r io.Reader) error {
 			continue
 		case "tflags", "lang":
 			continue // accepted for SpamAssassin compatibility, ignored
+		case "symbol":
+			p.external[name] = true // a symbol of another check, usable in meta rules
+			continue
 		}
 		kind, ok := kindNames[kw]
 		if !ok {
@@ -286,6 +293,9 @@ func (p *parser) compile() (*Set, error) {
 		state[r.Name] = 1
 		for _, ref := range r.Meta.refs(nil) {
 			dep := s.byKey[ref]
+			if dep == nil && p.external[ref] {
+				continue
+			}
 			if dep == nil {
 				return fmt.Errorf("%s: meta %s: unknown rule %s", r.Pos, r.Name, ref)
 			}
@@ -305,17 +315,18 @@ func (p *parser) compile() (*Set, error) {
 	// Literal prefilter per target.
 	var pats [numTargets][]string
 	for _, r := range s.Rules {
-		if r.Kind == KindMeta || r.Exists {
+		if r.Kind == KindMeta {
 			continue
 		}
-		if !r.Negate {
-			r.Literal = requiredLiteral(r.Re)
+		if !r.Negate && !r.Exists {
+			r.Literals = requiredLiterals(r.Re)
 		}
-		if len(r.Literal) >= 3 {
-			pats[r.Kind] = append(pats[r.Kind], r.Literal)
-			s.acIdx[r.Kind] = append(s.acIdx[r.Kind], r)
+		if len(r.Literals) > 0 {
+			for _, l := range r.Literals {
+				pats[r.Kind] = append(pats[r.Kind], l)
+				s.acIdx[r.Kind] = append(s.acIdx[r.Kind], r)
+			}
 		} else {
-			r.Literal = ""
 			s.plain[r.Kind] = append(s.plain[r.Kind], r)
 		}
 	}
@@ -327,47 +338,86 @@ func (p *parser) compile() (*Set, error) {
 	return s, nil
 }
 
-// requiredLiteral returns a lower-cased string that every match of re
-// contains, the longest one found in a top-level concatenation, or "".
-func requiredLiteral(re *regexp.Regexp) string {
+// requiredLiterals returns lower-cased ASCII strings of at least 3 bytes
+// such that every match of re contains at least one of them, or nil.
+func requiredLiterals(re *regexp.Regexp) []string {
 	t, err := syntax.Parse(re.String(), syntax.Perl)
 	if err != nil {
-		return ""
+		return nil
 	}
-	return strings.ToLower(lit(t.Simplify()))
+	set := need(t.Simplify())
+	if len(set) == 0 || len(set) > 32 {
+		return nil
+	}
+	out := make([]string, 0, len(set))
+	for _, l := range set {
+		if len(l) < 3 {
+			return nil
+		}
+		for i := 0; i < len(l); i++ {
+			if l[i] >= 0x80 {
+				// The automaton folds ASCII case only; non-ASCII literals
+				// (Unicode case folding) go without a prefilter.
+				return nil
+			}
+		}
+		out = append(out, strings.ToLower(l))
+	}
+	return out
 }
 
-func lit(t *syntax.Regexp) string {
+// minLen is the length of the shortest literal of a set (0 for none).
+func minLen(set []string) int {
+	if len(set) == 0 {
+		return 0
+	}
+	m := len(set[0])
+	for _, s := range set[1:] {
+		m = min(m, len(s))
+	}
+	return m
+}
+
+// need returns a set of literals one of which every match of t contains.
+func need(t *syntax.Regexp) []string {
 	switch t.Op {
 	case syntax.OpLiteral:
-		return string(t.Rune)
-	case syntax.OpCapture:
-		return lit(t.Sub[0])
-	case syntax.OpPlus:
-		return lit(t.Sub[0])
+		return []string{string(t.Rune)}
+	case syntax.OpCapture, syntax.OpPlus:
+		return need(t.Sub[0])
 	case syntax.OpRepeat:
 		if t.Min >= 1 {
-			return lit(t.Sub[0])
+			return need(t.Sub[0])
 		}
+	case syntax.OpAlternate:
+		var all []string
+		for _, sub := range t.Sub {
+			n := need(sub)
+			if len(n) == 0 {
+				return nil
+			}
+			all = append(all, n...)
+		}
+		return all
 	case syntax.OpConcat:
-		best := ""
+		var best []string
 		cur := ""
 		for _, sub := range t.Sub {
 			if sub.Op == syntax.OpLiteral {
 				cur += string(sub.Rune)
-				if len(cur) > len(best) {
-					best = cur
+				if len(cur) > minLen(best) {
+					best = []string{cur}
 				}
 				continue
 			}
 			cur = ""
-			if l := lit(sub); len(l) > len(best) {
-				best = l
+			if n := need(sub); minLen(n) > minLen(best) {
+				best = n
 			}
 		}
 		return best
 	}
-	return ""
+	return nil
 }
 
 // Hit is one rule that matched.
@@ -436,7 +486,7 @@ func (s *Set) Match(t *Target, extra map[string]bool) []Hit {
 	}
 	var hits []Hit
 	for _, r := range s.Rules {
-		if matched[r.Name] && !strings.HasPrefix(r.Name, "__") {
+		if matched[r.Name] && !strings.HasPrefix(r.Name, "__") && r.Score != 0 {
 			hits = append(hits, Hit{Name: r.Name, Score: r.Score, Describe: r.Describe})
 		}
 	}
@@ -481,4 +531,30 @@ func (s *Set) test(r *Rule, t *Target, text string) bool {
 	default:
 		return r.Re.MatchString(text)
 	}
+}
+
+// TargetFrom builds the match target of a decoded message, adding the
+// pseudo header fields X-Moat-Malformed, X-Moat-Hidden-Text and
+// X-Moat-Attachment.
+func TargetFrom(m *message.Message) *Target {
+	t := &Target{Headers: make([]HeaderField, 0, len(m.Header)+4)}
+	for _, f := range m.Header {
+		t.Headers = append(t.Headers, HeaderField{Name: f.Name, Value: f.Value})
+	}
+	if len(m.Malformed) > 0 {
+		t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Malformed", Value: strings.Join(m.Malformed, " ")})
+	}
+	if m.HiddenText != "" {
+		t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Hidden-Text", Value: m.HiddenText})
+	}
+	for _, a := range m.Attachments {
+		t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Attachment", Value: a.Filename + " " + a.ContentType})
+	}
+	t.Body = m.Subject + "\n" + m.Text
+	t.RawBody = string(m.RawBody)
+	t.Full = string(m.RawHeader) + "\n" + string(m.RawBody)
+	for _, u := range m.URLs {
+		t.URIs = append(t.URIs, u.Raw)
+	}
+	return t
 }

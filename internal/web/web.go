@@ -25,7 +25,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"moat.dev/moat/internal/audit"
+	"moat.dev/moat/internal/milter"
 	"moat.dev/moat/internal/quarantine"
+	"moat.dev/moat/internal/tracking"
 	"moat.dev/moat/internal/users"
 	"moat.dev/moat/internal/verdict"
 )
@@ -102,6 +105,22 @@ type Deps struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Now        func() time.Time // default time.Now
+
+	// The admin console pages; each is hidden (404, no nav link) while its
+	// dependency is nil, and only administrators see them, scoped to their
+	// domains.
+
+	// Audit returns the latest scheduled leakage audit: the report (nil
+	// if none has run yet), when it ran, and the error of the last run.
+	Audit func() (rep *audit.Report, at time.Time, err error)
+	// Bypass returns the per-domain bypass statistics (messages that
+	// reached a customer's backend without a valid pass mark).
+	Bypass func() []milter.DomainStats
+	// BypassSince is when the bypass counters started (the process start
+	// for the in-memory statistics); zero if unknown.
+	BypassSince time.Time
+	// Tracking answers message tracking searches and statistics.
+	Tracking *tracking.Tracker
 }
 
 type server struct {
@@ -112,6 +131,11 @@ type server struct {
 	now     func() time.Time
 	pages   map[string]*template.Template
 	limiter *limiter
+
+	audit       func() (*audit.Report, time.Time, error)
+	bypass      func() []milter.DomainStats
+	bypassSince time.Time
+	tracker     *tracking.Tracker
 
 	mLogins  *prometheus.CounterVec
 	mActions *prometheus.CounterVec
@@ -132,7 +156,8 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 	if deps.Quarantine == nil || deps.Users == nil {
 		return nil, errors.New("web: quarantine and users stores are required")
 	}
-	s := &server{cfg: cfg, q: deps.Quarantine, users: deps.Users, log: deps.Logger, now: deps.Now}
+	s := &server{cfg: cfg, q: deps.Quarantine, users: deps.Users, log: deps.Logger, now: deps.Now,
+		audit: deps.Audit, bypass: deps.Bypass, bypassSince: deps.BypassSince, tracker: deps.Tracking}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -166,6 +191,7 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 	mux.HandleFunc("GET /quarantine/{id}/body", s.authed(s.body))
 	mux.HandleFunc("POST /quarantine/{id}/{action}", s.authed(s.act))
 	mux.HandleFunc("POST /quarantine/bulk", s.authed(s.bulk))
+	s.adminRoutes(mux)
 	mux.HandleFunc("GET /l/{token}", s.linkPage)
 	mux.HandleFunc("POST /l/{token}", s.linkPost)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { s.notFound(w, r, nil) })
@@ -239,8 +265,8 @@ var funcs = template.FuncMap{
 
 func (s *server) parseTemplates() error {
 	s.pages = map[string]*template.Template{}
-	for _, p := range []string{"login", "list", "show", "link", "message"} {
-		t, err := template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
+	for _, p := range []string{"login", "list", "show", "link", "message", "leakage", "tracking", "track", "stats"} {
+		t, err := template.New("layout.html").Funcs(funcs).Funcs(consoleFuncs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
 			return fmt.Errorf("web: template %s: %w", p, err)
 		}
@@ -257,6 +283,8 @@ type page struct {
 	CSRF    string
 	Flash   *flash
 	Data    any
+	Nav     []navLink // the console's links, for administrators
+	Active  string    // the current section's path ("/quarantine", "/leakage", ...)
 }
 
 func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {
@@ -269,6 +297,12 @@ func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name
 	}
 	if p.Flash == nil {
 		p.Flash = s.takeFlash(w, r)
+	}
+	if p.User != nil {
+		p.Nav = s.nav(p.User)
+		if p.Active == "" {
+			p.Active = section(r.URL.Path)
+		}
 	}
 	var b strings.Builder
 	if err := s.pages[name].Execute(&b, p); err != nil {

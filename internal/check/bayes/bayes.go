@@ -14,6 +14,7 @@ import (
 
 	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/message"
+	"moat.dev/moat/internal/message/shared"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/verdict"
 )
@@ -103,13 +104,7 @@ func (c *Check) Name() string { return "bayes" }
 
 // CheckData implements pipeline.DataChecker.
 func (c *Check) CheckData(ctx context.Context, tx *pipeline.Txn, pm *pipeline.Message) verdict.Result {
-	rc, err := pm.Open()
-	if err != nil {
-		c.count.WithLabelValues("ERROR").Inc()
-		return verdict.Result{Err: fmt.Errorf("bayes: open message: %w", err)}
-	}
-	m, err := message.Parse(rc, c.lim)
-	rc.Close()
+	m, err := shared.Parse(pm, c.lim)
 	if err != nil {
 		c.count.WithLabelValues("ERROR").Inc()
 		return verdict.Result{Err: fmt.Errorf("bayes: read message: %w", err)}

@@ -1,0 +1,117 @@
+package uribl
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"moat.dev/moat/internal/dnsx"
+	"moat.dev/moat/internal/message"
+	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/verdict"
+)
+
+func setup(t *testing.T, records ...string) (*Check, *dnstest.Server) {
+	srv := dnstest.Start(t, records...)
+	dc := dnsx.DefaultConfig()
+	dc.Resolvers = []string{srv.Addr}
+	dc.CacheSize = 0
+	dc.Attempts = 1
+	cl, err := dnsx.New(dc, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Zones = []Zone{
+		{Name: "dbl.test", Kind: "domain", Symbol: "URIBL_DBL", Score: 4, TestEntry: "dbltest.com"},
+		{Name: "sbl.test", Kind: "ip", Symbol: "URIBL_SBL", Score: 3, TestEntry: "127.0.0.2"},
+	}
+	c, err := New(cfg, Deps{Resolver: cl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, srv
+}
+
+func pmsg(raw string) *pipeline.Message {
+	return &pipeline.Message{Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(raw)), nil }}
+}
+
+func syms(r verdict.Result) string {
+	var s []string
+	for _, x := range r.Symbols {
+		s = append(s, x.Name)
+	}
+	return strings.Join(s, ",")
+}
+
+const mail = "From: a@b.example\r\nSubject: x\r\nContent-Type: text/html\r\n\r\n" +
+	`<p>Visit <a href="http://www.shop.evil.example/buy">our shop</a> or <a href="http://192.0.2.7/x">this</a>` +
+	` and <a href="https://good.example/">good</a></p>` + "\r\n"
+
+func TestListedDomainAndIP(t *testing.T) {
+	c, _ := setup(t,
+		"dbltest.com.dbl.test. 60 IN A 127.0.1.2",
+		"evil.example.dbl.test. 60 IN A 127.0.1.2",
+		"2.0.0.127.sbl.test. 60 IN A 127.0.0.2",
+		"7.2.0.192.sbl.test. 60 IN A 127.0.0.2",
+	)
+	r := c.CheckData(context.Background(), &pipeline.Txn{}, pmsg(mail))
+	if syms(r) != "URIBL_DBL,URIBL_SBL" || r.Symbols[0].Score != 4 || !strings.Contains(r.Symbols[0].Detail, "evil.example") {
+		t.Fatalf("got %+v", r)
+	}
+}
+
+func TestSelfTestDisablesZone(t *testing.T) {
+	// Test entry not listed: the zone is off, even though evil.example is "listed".
+	c, srv := setup(t, "evil.example.dbl.test. 60 IN A 127.0.1.2")
+	if r := c.CheckData(context.Background(), &pipeline.Txn{}, pmsg(mail)); syms(r) != "" {
+		t.Fatalf("disabled zone answered: %+v", r)
+	}
+	if c.Enabled(context.Background(), "dbl.test") {
+		t.Fatal("zone enabled without test entry")
+	}
+	// A zone answering the refused code is disabled too.
+	srv.Add(t, "dbltest.com.dbl.test. 60 IN A 127.255.255.254")
+	for _, z := range c.zones {
+		z.tested = time.Time{}
+	}
+	if c.Enabled(context.Background(), "dbl.test") {
+		t.Fatal("zone enabled while refusing")
+	}
+}
+
+func TestRefusedAnswerDisablesZone(t *testing.T) {
+	c, _ := setup(t,
+		"dbltest.com.dbl.test. 60 IN A 127.0.1.2",
+		"evil.example.dbl.test. 60 IN A 127.255.255.252",
+	)
+	r := c.CheckData(context.Background(), &pipeline.Txn{}, pmsg(mail))
+	if strings.Contains(syms(r), "URIBL_DBL") {
+		t.Fatalf("refused code counted as listed: %+v", r)
+	}
+	if c.Enabled(context.Background(), "dbl.test") {
+		t.Fatal("zone still enabled after a refused answer")
+	}
+}
+
+func TestPhishMismatch(t *testing.T) {
+	cases := map[string]bool{
+		`<a href="http://login.evil.example/">https://www.paypal.com/signin</a>`: true,
+		`<a href="http://evil.example/">www.mybank.co.uk</a>`:                    true,
+		`<a href="https://www.paypal.com/x">www.paypal.com</a>`:                  false,
+		`<a href="https://click.mail.paypal.com/x">paypal.com</a>`:               false,
+		`<a href="http://evil.example/">click here</a>`:                          false,
+		`<a href="http://evil.example/">1.5</a>`:                                 false,
+	}
+	for html, want := range cases {
+		m := message.ParseBytes([]byte("Content-Type: text/html\r\n\r\n"+html+"\r\n"), message.DefaultLimits())
+		if got := PhishMismatch(m.URLs) != ""; got != want {
+			t.Errorf("%s: got %v", html, got)
+		}
+	}
+}

@@ -1,0 +1,336 @@
+package classify
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"moat.dev/moat/internal/message"
+)
+
+const corpusPath = "/work/shared/corpus/spamassassin-2002.tar.gz"
+
+func corpus(t testing.TB) []Item {
+	t.Helper()
+	path := corpusPath
+	if p := os.Getenv("MOAT_CORPUS"); p != "" {
+		path = p
+	}
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
+			t.Fatalf("corpus: %v", err)
+		}
+		t.Skipf("corpus not available: %v", err)
+	}
+	var items []Item
+	if err := ReadSource(path, func(it Item) error { items = append(items, it); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return OnlineOrder(items, 1)
+}
+
+// TestSplitRegression trains on the first half of the online order and
+// asserts a floor on the AUC of the second half, for both classifiers.
+func TestSplitRegression(t *testing.T) {
+	items := corpus(t)
+	if testing.Short() {
+		items = items[:1200]
+	}
+	floors := map[string]float64{"logreg": 0.995, "chi2": 0.99}
+	for alg, floor := range floors {
+		cfg := DefaultConfig()
+		cfg.Algorithm = alg
+		c, err := New(cfg, NewMemStore())
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := Split(context.Background(), c, items, 0.5, message.DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: AUC %.5f FP %d/%d FN %d/%d", alg, res.AUC, res.FP, res.Ham, res.FN, res.Spam)
+		if res.AUC < floor {
+			t.Errorf("%s: AUC %.5f below floor %.3f", alg, res.AUC, floor)
+		}
+		if res.Ham == 0 || res.Spam == 0 {
+			t.Fatalf("%s: test half lacks a class", alg)
+		}
+	}
+}
+
+func TestOnlineOrder(t *testing.T) {
+	var items []Item
+	for i := 0; i < 30; i++ {
+		items = append(items, Item{Name: fmt.Sprintf("ham/%02d", i), Label: Ham})
+	}
+	for i := 0; i < 10; i++ {
+		items = append(items, Item{Name: fmt.Sprintf("spam/%02d", i), Label: Spam})
+	}
+	items = append(items, Item{Name: "other/x"})
+	a, b := OnlineOrder(items, 7), OnlineOrder(append([]Item(nil), items...), 7)
+	if len(a) != 40 {
+		t.Fatalf("len %d", len(a))
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name {
+			t.Fatal("order not deterministic")
+		}
+	}
+	// Proportional interleave: within any prefix, spam count stays within 1 of 1/4.
+	spam := 0
+	for i, it := range a {
+		if it.Label == Spam {
+			spam++
+		}
+		if d := float64(spam) - float64(i+1)/4; d > 1 || d < -1 {
+			t.Fatalf("position %d: %d spam", i, spam)
+		}
+	}
+	if c := OnlineOrder(items, 8); c[0].Name == a[0].Name && c[1].Name == a[1].Name && c[2].Name == a[2].Name {
+		t.Error("seed has no effect")
+	}
+}
+
+func TestAUC(t *testing.T) {
+	s := []Scored{{Label: Ham, Prob: 0.1}, {Label: Ham, Prob: 0.4}, {Label: Spam, Prob: 0.35}, {Label: Spam, Prob: 0.8}}
+	if got := AUC(s); got != 0.75 {
+		t.Fatalf("AUC %v", got)
+	}
+	s = []Scored{{Label: Ham, Prob: 0.5}, {Label: Spam, Prob: 0.5}}
+	if got := AUC(s); got != 0.5 {
+		t.Fatalf("tied AUC %v", got)
+	}
+}
+
+func msg(subject, body string) *message.Message {
+	return message.ParseBytes([]byte("From: x@example.com\r\nSubject: "+subject+"\r\n\r\n"+body+"\r\n"), message.DefaultLimits())
+}
+
+func stores(t *testing.T) map[string]TokenStore {
+	db, err := OpenSQLite(filepath.Join(t.TempDir(), "m.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := Migrate(context.Background(), db); err != nil {
+		t.Fatal(err)
+	}
+	if err := Migrate(context.Background(), db); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	return map[string]TokenStore{"mem": NewMemStore(), "sqlite": NewSQLStore(db)}
+}
+
+func TestLearnTwiceAndRelearn(t *testing.T) {
+	ctx := context.Background()
+	for name, st := range stores(t) {
+		for _, alg := range []string{"chi2", "logreg"} {
+			t.Run(name+"/"+alg, func(t *testing.T) {
+				cfg := DefaultConfig()
+				cfg.Algorithm = alg
+				c, err := New(cfg, st)
+				if err != nil {
+					t.Fatal(err)
+				}
+				user := "u-" + name + "-" + alg + "@example.com"
+				m := msg("cheap pills", "buy cheap pills now from our pharmacy")
+				if out, err := c.Learn(ctx, user, m, Spam); err != nil || out != Learned {
+					t.Fatalf("first learn: %v %v", out, err)
+				}
+				tot1, _ := c.Totals(ctx, user)
+				size1, _ := st.Size(ctx, c.Scope(user))
+				rows1, _ := st.Get(ctx, c.Scope(user), c.keys(c.Features(m, false)))
+				if out, err := c.Learn(ctx, user, msg("cheap   PILLS", "buy cheap pills now   from our pharmacy"), Spam); err != nil || out != AlreadyKnown {
+					t.Fatalf("second learn: %v %v", out, err)
+				}
+				tot2, _ := c.Totals(ctx, user)
+				rows2, _ := st.Get(ctx, c.Scope(user), c.keys(c.Features(m, false)))
+				if tot1 != tot2 || fmt.Sprint(rows1) != fmt.Sprint(rows2) || tot1.Spam != 1 || tot1.Ham != 0 {
+					t.Fatalf("learning twice changed the model: %+v → %+v", tot1, tot2)
+				}
+				pBefore, _ := c.classifyIn(ctx, user, m)
+				out, err := c.Learn(ctx, user, m, Ham)
+				if err != nil || out != Moved {
+					t.Fatalf("relearn: %v %v", out, err)
+				}
+				tot3, _ := c.Totals(ctx, user)
+				if tot3.Spam != 0 || tot3.Ham != 1 {
+					t.Fatalf("relearn totals %+v", tot3)
+				}
+				pAfter, _ := c.classifyIn(ctx, user, m)
+				if !(pAfter < pBefore) || pAfter >= 0.5 {
+					t.Fatalf("relearn did not move the message toward ham: %.3f → %.3f", pBefore, pAfter)
+				}
+				if alg == "chi2" {
+					// Exact unlearning: every token now counts one ham, no spam.
+					rows, _ := st.Get(ctx, c.Scope(user), c.keys(c.Features(m, false)))
+					for _, r := range rows {
+						if r.Spam != 0 || r.Ham != 1 {
+							t.Fatalf("chi2 row after move: %+v", r)
+						}
+					}
+					if size3, _ := st.Size(ctx, c.Scope(user)); size3 != size1 {
+						t.Fatalf("size %d → %d", size1, size3)
+					}
+				}
+				if l, _ := st.Lesson(ctx, c.Scope(user), m.Fingerprint); l != Ham {
+					t.Fatalf("lesson %v", l)
+				}
+			})
+		}
+	}
+}
+
+// classifyIn scores m in user's own scope (bypassing the fallback).
+func (c *Classifier) classifyIn(ctx context.Context, user string, m *message.Message) (float64, error) {
+	t, err := c.store.Totals(ctx, c.Scope(user))
+	if err != nil {
+		return 0, err
+	}
+	r, err := c.classifyFeatures(ctx, c.Scope(user), t, c.Features(m, false), false)
+	return r.Prob, err
+}
+
+func TestSilentUntilTrainedAndUserFallback(t *testing.T) {
+	ctx := context.Background()
+	cfg := DefaultConfig()
+	cfg.MinHam, cfg.MinSpam, cfg.MinUserTrain = 3, 3, 4
+	c, err := New(cfg, NewMemStore())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		r, _ := c.Classify(ctx, "", msg("x", "y"), false)
+		if r.Trained {
+			t.Fatalf("trained after %d lessons", i)
+		}
+		c.Learn(ctx, "", msg(fmt.Sprintf("offer %d", i), fmt.Sprintf("cheap viagra offer number %d click", i)), Spam)
+		c.Learn(ctx, "", msg(fmt.Sprintf("meeting %d", i), fmt.Sprintf("the project meeting notes %d attached", i)), Ham)
+	}
+	r, _ := c.Classify(ctx, "", msg("x", "y"), false)
+	if !r.Trained {
+		t.Fatal("not trained after min lessons")
+	}
+	// The user has too few lessons: the global model answers.
+	c.Learn(ctx, "bob@example.com", msg("personal", "bob likes cheap viagra"), Ham)
+	r, _ = c.Classify(ctx, "bob@example.com", msg("offer", "cheap viagra offer"), true)
+	if r.Scope != c.Scope("") || r.Prob < 0.5 || len(r.Top) == 0 {
+		t.Fatalf("fallback: %+v", r)
+	}
+	for i := 0; i < 4; i++ {
+		c.Learn(ctx, "bob@example.com", msg(fmt.Sprintf("p%d", i), fmt.Sprintf("bob note %d", i)), Label(1+i%2))
+	}
+	r, _ = c.Classify(ctx, "bob@example.com", msg("offer", "cheap viagra offer"), false)
+	if r.Scope != c.Scope("bob@example.com") {
+		t.Fatalf("user model not used: %+v", r)
+	}
+}
+
+func TestReadSourceFormats(t *testing.T) {
+	dir := t.TempDir()
+	mbox := filepath.Join(dir, "box.mbox")
+	os.WriteFile(mbox, []byte("From a@b Mon Jan  1 00:00:00 2024\nSubject: one\n\n>From the start\n\nFrom c@d Mon Jan  1 00:00:00 2024\nSubject: two\n\nbody\n"), 0o644)
+	var got []string
+	if err := ReadSource(mbox, func(it Item) error { got = append(got, string(it.Data)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || !strings.Contains(got[0], "\nFrom the start") || !strings.Contains(got[1], "Subject: two") {
+		t.Fatalf("mbox: %q", got)
+	}
+	md := filepath.Join(dir, "Maildir")
+	for _, sub := range []string{"cur", "new", "tmp"} {
+		os.MkdirAll(filepath.Join(md, sub), 0o755)
+	}
+	os.WriteFile(filepath.Join(md, "cur", "1:2,S"), []byte("Subject: a\n\nx\n"), 0o644)
+	os.WriteFile(filepath.Join(md, "new", "2"), []byte("Subject: b\n\nx\n"), 0o644)
+	os.WriteFile(filepath.Join(md, "tmp", "3"), []byte("Subject: partial\n"), 0o644)
+	n := 0
+	ReadSource(md, func(it Item) error { n++; return nil })
+	if n != 2 {
+		t.Fatalf("maildir: %d messages", n)
+	}
+	if LabelFromPath("x/spam/1.eml") != Spam || LabelFromPath("ham/2") != Ham || LabelFromPath("inbox/3") != Unknown {
+		t.Fatal("LabelFromPath")
+	}
+}
+
+func benchItems(b *testing.B) []Item {
+	items := corpus(b)
+	if len(items) > 1000 {
+		items = items[:1000]
+	}
+	return items
+}
+
+func BenchmarkClassify(b *testing.B) {
+	for _, alg := range []string{"logreg", "chi2"} {
+		b.Run(alg, func(b *testing.B) {
+			items := benchItems(b)
+			cfg := DefaultConfig()
+			cfg.Algorithm = alg
+			c, _ := New(cfg, NewMemStore())
+			ctx := context.Background()
+			for _, it := range items {
+				c.Learn(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), it.Label)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				it := items[i%len(items)]
+				c.Classify(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), false)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+func BenchmarkLearn(b *testing.B) {
+	for _, alg := range []string{"logreg", "chi2"} {
+		b.Run(alg, func(b *testing.B) {
+			items := benchItems(b)
+			cfg := DefaultConfig()
+			cfg.Algorithm = alg
+			ctx := context.Background()
+			c, _ := New(cfg, NewMemStore())
+			for i := 0; i < b.N; i++ {
+				if i%len(items) == 0 {
+					c, _ = New(cfg, NewMemStore())
+				}
+				it := items[i%len(items)]
+				c.Learn(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), it.Label)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// TestStoresAgree: the SQLite store gives the same model as the memory
+// store (every column, including AdaGrad's accumulators, round-trips).
+func TestStoresAgree(t *testing.T) {
+	items := corpus(t)[:150]
+	ctx := context.Background()
+	st := stores(t)
+	var cs []*Classifier
+	for _, name := range []string{"mem", "sqlite"} {
+		c, err := New(DefaultConfig(), st[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range items[:120] {
+			if _, err := c.Learn(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), it.Label); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cs = append(cs, c)
+	}
+	for _, it := range items[120:] {
+		m := message.ParseBytes(it.Data, message.DefaultLimits())
+		a, _ := cs[0].Classify(ctx, "", m, false)
+		b, _ := cs[1].Classify(ctx, "", m, false)
+		if d := a.Prob - b.Prob; d > 1e-9 || d < -1e-9 {
+			t.Fatalf("%s: mem %.12f sqlite %.12f", it.Name, a.Prob, b.Prob)
+		}
+	}
+}
