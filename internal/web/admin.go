@@ -614,7 +614,10 @@ func (s *server) stats(w http.ResponseWriter, r *http.Request) {
 		s.internal(w, r, err)
 		return
 	}
-	d.Since, d.Until, d.Bucket = st.Since, st.Until, bucket.String()
+	d.Since, d.Until, d.Bucket = st.Since, st.Until, "hour"
+	if bucket != time.Hour {
+		d.Bucket = strconv.Itoa(int(bucket.Hours())) + " hours"
+	}
 	d.Actions, d.Total = barRows(tracking.Actions, st.Totals)
 	d.Deliveries, _ = barRows([]string{"delivered", "deferred", "failed", "expired"}, st.Deliveries)
 
