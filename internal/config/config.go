@@ -131,26 +131,22 @@ func Default() *Config {
 	return c
 }
 
-var lineRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)$`)
-
 // Parse decodes a configuration from data; name is used in messages.
 func Parse(name string, data []byte) (*Config, error) {
 	c := Default()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, errorsEOF) {
+		paths := linePaths(data)
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			msgs := make([]string, 0, len(te.Errors))
 			for _, e := range te.Errors {
-				if m := lineRE.FindStringSubmatch(e); m != nil {
-					e = fmt.Sprintf("line %s: unknown key %q (in %s)", m[1], m[2], strings.TrimPrefix(m[3], "config."))
-				}
-				msgs = append(msgs, e)
+				msgs = append(msgs, explain(e, paths))
 			}
 			return nil, fmt.Errorf("%s: %s", name, strings.Join(msgs, "; "))
 		}
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return nil, fmt.Errorf("%s: %s", name, explainValue(err.Error(), data, paths))
 	}
 	c.path = name
 	c.fill()
@@ -258,7 +254,7 @@ func (c *Config) Validate() error {
 	for i, d := range c.Domains {
 		key := fmt.Sprintf("domains[%d]", i)
 		if _, err := d.Domain(); err != nil {
-			return fmt.Errorf("%s: %w", key, err)
+			return fmt.Errorf("%s.%w", key, err)
 		}
 		n := strings.ToLower(strings.TrimSuffix(d.Name, "."))
 		if seen[n] {

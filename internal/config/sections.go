@@ -115,31 +115,36 @@ func (s *Sections) fill(c *Config) {
 
 func (s *Sections) validate() error {
 	if err := s.SMTP.Validate(); err != nil {
-		return fmt.Errorf("smtp.%w", err)
+		return prefixAll("smtp.", err)
 	}
 	if err := s.Relay.Validate(); err != nil {
-		return fmt.Errorf("relay.%w", err)
+		return prefixAll("relay.", err)
 	}
 	if err := s.Queue.Validate(); err != nil {
-		return fmt.Errorf("queue.%w", err)
+		return prefixAll("queue.", err)
 	}
 	if err := s.DNS.Validate(); err != nil {
-		return fmt.Errorf("dns.%w", err)
+		return prefixAll("dns.", err)
 	}
 	if err := s.Checks.validate(); err != nil {
 		return err
 	}
 	if err := s.Quarantine.Validate(); err != nil {
-		return fmt.Errorf("quarantine.%w", err)
+		return prefixAll("quarantine.", err)
 	}
 	if err := s.Web.Validate(); err != nil {
-		return fmt.Errorf("web.%w", err)
+		return prefixAll("web.", err)
 	}
 	if err := s.API.Validate(); err != nil {
-		return fmt.Errorf("api.%w", err)
+		return prefixAll("api.", err)
 	}
 	if err := s.Tracking.Validate(); err != nil {
-		return fmt.Errorf("tracking.%w", err)
+		return prefixAll("tracking.", err)
+	}
+	if len(s.Audit.Gateway.Hostnames) > 0 || len(s.Audit.Gateway.Addresses) > 0 {
+		if err := s.Audit.Config.Validate(); err != nil {
+			return prefixAll("audit.", err)
+		}
 	}
 	if s.Audit.Every < 0 {
 		return fmt.Errorf("audit.every: must be >= 0 (0 turns the scheduled audit off)")
