@@ -126,3 +126,28 @@ func TestVirusRefusedInSession(t *testing.T) {
 		t.Errorf("no X-Moat-Virus header:\n%s", raw)
 	}
 }
+
+// TestRecipientCalloutToPostfix: a domain verified by callout asks the real
+// backend at RCPT: an unknown user is refused with 550 5.1.1 during the
+// session (no backscatter), a known one is accepted; with the backend down
+// the answer is 450 4.1.1, never a wrong 550.
+func TestRecipientCalloutToPostfix(t *testing.T) {
+	requireTool(t, "postfix")
+	pf := postfixtest.Start(t, postfixtest.Options{Domains: []string{"example.test"}, Recipients: []string{"alice"}})
+	g := newGateway(t, fmt.Sprintf("domains:\n  - name: example.test\n    backends: [%q]\n    recipients:\n      mode: callout\n", pf.Addr))
+	g.Start()
+	_, err := send(g.SMTP, "s@sender.test", []string{"nobody@example.test"}, "Subject: x\r\n\r\nx\r\n")
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 1, 1}) {
+		t.Fatalf("unknown user: got %v, want 550 5.1.1", err)
+	}
+	if _, err := send(g.SMTP, "s@sender.test", []string{"alice@example.test"}, fmt.Sprintf(testMsg, "co1", "x")); err != nil {
+		t.Fatalf("known user: %v", err)
+	}
+	pf.WaitMessages(t, 1, 30*time.Second)
+	pf.Stop()
+	_, err = send(g.SMTP, "s@sender.test", []string{"carol@example.test"}, "Subject: x\r\n\r\nx\r\n")
+	if !errors.As(err, &se) || se.Code != 450 {
+		t.Fatalf("backend down: got %v, want 450 4.1.1", err)
+	}
+}
