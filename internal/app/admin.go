@@ -10,7 +10,6 @@ import (
 	"mime"
 	"net/http"
 	"net/textproto"
-	"strings"
 	"sync"
 	"time"
 
@@ -52,8 +51,18 @@ func (a *App) buildAdmin(ctx context.Context) error {
 	a.closers = append(a.closers, q)
 	a.background = append(a.background, func(ctx context.Context) { q.Run(ctx) })
 
+	stats, err := milter.NewStats(a.reg)
+	if err != nil {
+		return err
+	}
+	a.bypass = stats
 	if cfg.Web.Listen != "" {
-		h, err := web.New(cfg.Web, web.Deps{Quarantine: q, Users: a.users, Logger: a.log.With("component", "web"), Registerer: a.reg})
+		deps := web.Deps{Quarantine: q, Users: a.users, Logger: a.log.With("component", "web"), Registerer: a.reg,
+			Bypass: stats.Domains, BypassSince: time.Now(), Tracking: a.tracker}
+		if cfg.Audit.Every > 0 && (len(cfg.Audit.Gateway.Hostnames) > 0 || len(cfg.Audit.Gateway.Addresses) > 0) {
+			deps.Audit = a.latestAudit
+		}
+		h, err := web.New(cfg.Web, deps)
 		if err != nil {
 			return fmt.Errorf("web: %w", err)
 		}
@@ -69,11 +78,6 @@ func (a *App) buildAdmin(ctx context.Context) error {
 
 	// Continuous bypass monitoring: backends running `moat milter` report
 	// every message that reached them without a valid pass mark.
-	stats, err := milter.NewStats(a.reg)
-	if err != nil {
-		return err
-	}
-	a.bypass = stats
 	a.mux.Handle("/milter/report", milter.ReportHandler(a.domainSecret, stats.Record))
 
 	if cfg.Audit.Every > 0 {
@@ -218,6 +222,17 @@ func (a *App) runAudit(ctx context.Context) {
 	a.log.Info("audit done", "domains", len(names), "findings", n)
 }
 
+// latestAudit is the last scheduled audit, for the admin console.
+func (a *App) latestAudit() (*audit.Report, time.Time, error) {
+	a.audit.mu.Lock()
+	defer a.audit.mu.Unlock()
+	var err error
+	if a.audit.err != "" {
+		err = errors.New(a.audit.err)
+	}
+	return a.audit.last, a.audit.lastAt, err
+}
+
 func (a *App) serveAudit(w http.ResponseWriter, r *http.Request) {
 	a.audit.mu.Lock()
 	defer a.audit.mu.Unlock()
@@ -228,9 +243,6 @@ func (a *App) serveAudit(w http.ResponseWriter, r *http.Request) {
 		Report *audit.Report `json:"report"`
 	}{a.audit.lastAt, a.audit.err, a.audit.last})
 }
-
-var _ = errors.New
-var _ = strings.ToLower
 
 // listSource feeds people's allow/block preferences (kept by the
 // quarantine: "always allow this sender", "block the sender", and

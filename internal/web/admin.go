@@ -183,6 +183,7 @@ type leakData struct {
 	HasAudit, AuditFailed       bool
 	AuditAt                     time.Time
 	AuditAgo                    string
+	FailedAt                    time.Time
 	Probed                      bool
 	BypassSince                 time.Time
 	Domains                     []leakDomain
@@ -228,18 +229,20 @@ func (s *server) leakage(w http.ResponseWriter, r *http.Request) {
 		rep, at, err := s.audit()
 		if err != nil {
 			// The error may carry resolver or network details: log it, show
-			// only that the run failed.
+			// only that the run failed, and when.
 			s.log.Warn("web: latest leakage audit failed", "err", err)
-			d.AuditFailed = true
+			d.AuditFailed, d.FailedAt = true, at
 		}
-		d.AuditAt = at
-		d.AuditAgo = ago(now, at)
 		if rep != nil {
 			d.HasAudit = true
 			d.Probed = rep.Probed
-			if d.AuditAt.IsZero() {
-				d.AuditAt, d.AuditAgo = rep.Started, ago(now, rep.Started)
+			// The report's own time: after a failed run, at is the time of
+			// that run, not of the report shown.
+			d.AuditAt = rep.Started.Add(rep.Duration)
+			if rep.Started.IsZero() {
+				d.AuditAt = at
 			}
+			d.AuditAgo = ago(now, d.AuditAt)
 			for _, dr := range rep.Domains {
 				if dr == nil || !sc.allows(dr.Domain) {
 					continue

@@ -60,6 +60,7 @@ func consoleBypass() []milter.Report {
 // in, opens the Leakage page (screenshot leakage.png), message tracking
 // and statistics; the pages render under the strict CSP without errors.
 func TestBrowserConsole(t *testing.T) {
+	t.Parallel()
 	bin := chromium(t)
 	e := newConsole(t, consoleOpts{report: consoleReport(), bypass: consoleBypass(), logTxns: func(log *slog.Logger) {
 		logTraffic(log)
