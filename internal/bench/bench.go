@@ -227,6 +227,8 @@ log:
 http:
   listen: %s
   pprof: true
+web:
+  listen: ""
 smtp:
   listen: [%q]
   max_connections_per_ip: 1000

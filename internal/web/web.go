@@ -43,7 +43,8 @@ var staticFS embed.FS
 type Config struct {
 	// Listen is the address the web UI server listens on (used by the
 	// caller that runs the http.Server), default "127.0.0.1:8080". Put a
-	// TLS-terminating proxy in front, or keep it on loopback.
+	// TLS-terminating proxy in front, or keep it on loopback. "" turns the
+	// web UI off.
 	Listen string `yaml:"listen"`
 	// CookieSecure marks cookies Secure (HTTPS only) and gives the session
 	// cookie the __Host- prefix. Default true; set false only for plain
@@ -77,8 +78,10 @@ func DefaultConfig() Config {
 
 // Validate reports the first invalid key.
 func (c *Config) Validate() error {
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("listen: %v", err)
+	if c.Listen != "" { // "" turns the web UI off
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			return fmt.Errorf("listen: %v", err)
+		}
 	}
 	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
 		return errors.New("session_ttl: must be between 1m and 720h")
