@@ -118,6 +118,7 @@ func (c *Config) Validate() error {
 
 // Classifier scores and learns messages against a TokenStore.
 type Classifier struct {
+	expSteps int // experiment: extra steps while within margin
 	cfg   Config
 	store TokenStore
 	alg   algorithm
@@ -316,6 +317,9 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 	steps := 1
 	if outcome == Moved && !c.alg.exactUnlearn() {
 		steps = 5
+	}
+	if c.expSteps > 0 && outcome == Learned {
+		steps = c.expSteps
 	}
 	for i := 0; i < steps; i++ {
 		d, dt := c.alg.update(keys, rows, t, p, label, 1)

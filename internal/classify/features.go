@@ -24,6 +24,8 @@ type FeatureSet struct {
 	Pairs    bool // OSB word pairs (orthogonal sparse bigrams, window 5); needs Words
 	Markup   bool // HTML tag and attribute tokens
 	MaxWords int  // body words considered (the first N); 0 = 3000
+	// expHdr/expText: experiment, separate byte budgets for header and text grams.
+	expHdr, expText int
 }
 
 // ignoredHeaders are added by filters along the way; trusting them would
@@ -103,7 +105,9 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 		maxWords = 3000
 	}
 	x := &extractor{names: names, seen: make(map[uint64]struct{}, 512)}
-	if fs.Grams > 0 {
+	if fs.expHdr > 0 {
+		gramsSplit(x, m, fs.expHdr, fs.expText)
+	} else if fs.Grams > 0 {
 		grams(x, m, fs.Grams)
 	}
 	if fs.Words {
@@ -177,6 +181,30 @@ func grams(x *extractor, m *message.Message, n int) {
 		} else {
 			x.addHash(h, "", "")
 		}
+	}
+}
+
+func gramsSplit(x *extractor, m *message.Message, nh, nt int) {
+	hdr := m.RawHeader
+	if len(hdr) > nh {
+		hdr = hdr[:nh]
+	}
+	t := m.Text
+	if len(t) > nt {
+		t = t[:nt]
+	}
+	buf := make([]byte, 0, len(hdr)+len(t)+1)
+	buf = append(buf, hdr...)
+	buf = append(buf, '\n')
+	buf = append(buf, t...)
+	pre := hashStr(fnvOffset, "g:")
+	for i := 0; i+4 <= len(buf); i++ {
+		h := pre
+		for _, c := range buf[i : i+4] {
+			h ^= uint64(c)
+			h *= fnvPrime
+		}
+		x.addHash(h, "", "")
 	}
 }
 

@@ -7,7 +7,7 @@ type acMatcher struct {
 	next  []map[byte]int32 // goto function (trie), used while building
 	fail  []int32
 	delta [][256]int32 // full DFA transition table, built from next and fail
-	out   [][]int32 // pattern indexes ending at each state (with fail-closure)
+	out   [][]int32    // pattern indexes ending at each state (with fail-closure)
 	npats int
 }
 

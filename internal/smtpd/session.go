@@ -3,8 +3,10 @@ package smtpd
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/textproto"
 	"sort"
@@ -373,27 +375,36 @@ func (s *session) finish(t *txnState, dec *policy.Decision, outcome, reason stri
 	return s.fail(reason, r, false)
 }
 
+// logTxn writes the one Info line per transaction. It builds typed
+// attributes (no boxing of each value into an interface) in a fixed-size
+// array, and nothing at all when Info is not enabled.
 func (s *session) logTxn(t *txnState, outcome string, dec *policy.Decision, size int64, reply string) {
+	if !s.c.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	rcpts := make([]string, len(t.t.Rcpts))
 	for i, rc := range t.t.Rcpts {
 		rcpts[i] = rc.Addr.String()
 	}
-	attrs := []any{
-		"queue_id", t.t.ID, "helo", s.c.pc.Helo, "from", t.t.From.String(), "rcpts", rcpts,
-		"refused_rcpts", t.refused, "size", size, "outcome", outcome, "reply", reply,
-		"elapsed", time.Since(t.start).Round(time.Microsecond),
-	}
+	var buf [15]slog.Attr
+	attrs := append(buf[:0],
+		slog.String("queue_id", t.t.ID), slog.String("helo", s.c.pc.Helo), slog.String("from", t.t.From.String()),
+		slog.Any("rcpts", rcpts), slog.Int("refused_rcpts", t.refused), slog.Int64("size", size),
+		slog.String("outcome", outcome), slog.String("reply", reply),
+		slog.Duration("elapsed", time.Since(t.start).Round(time.Microsecond)),
+	)
 	if dec != nil {
 		syms := make([]string, len(dec.Counted))
 		for i, sym := range dec.Counted {
 			syms[i] = sym.Name
 		}
-		attrs = append(attrs, "action", dec.Action.String(), "score", dec.Score, "symbols", syms, "reason", dec.Reason)
+		attrs = append(attrs, slog.String("action", dec.Action.String()), slog.Float64("score", dec.Score),
+			slog.Any("symbols", syms), slog.String("reason", dec.Reason))
 		if len(dec.Observed) > 0 {
-			attrs = append(attrs, "observed", dec.Observed)
+			attrs = append(attrs, slog.Any("observed", dec.Observed))
 		}
 	}
-	s.c.log.Info("smtp transaction", attrs...)
+	s.c.log.LogAttrs(context.Background(), slog.LevelInfo, "smtp transaction", attrs...)
 }
 
 // envelope builds the queue envelope and the header fields Moat prepends.

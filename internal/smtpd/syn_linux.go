@@ -5,17 +5,15 @@ package smtpd
 import (
 	"net"
 	"syscall"
-	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"moat.dev/moat/internal/p0f"
 )
 
-// Linux TCP socket options (include/uapi/linux/tcp.h).
-const (
-	tcpSaveSYN  = 27 // TCP_SAVE_SYN: keep the SYN of connections accepted on this listener
-	tcpSavedSYN = 28 // TCP_SAVED_SYN: read it (once) from the accepted socket
-)
-
-// enableSaveSYN asks the kernel to keep each incoming SYN (IP and TCP
-// headers) for p0f-style fingerprinting. Failure is not an error.
+// enableSaveSYN asks the kernel to keep each incoming SYN on a listener
+// that already listens. Linux accepts TCP_SAVE_SYN only before listen(2),
+// so this usually fails (harmlessly); ListenAndServe uses listenControl.
 func enableSaveSYN(ln net.Listener) error {
 	tl, ok := ln.(*net.TCPListener)
 	if !ok {
@@ -27,19 +25,17 @@ func enableSaveSYN(ln net.Listener) error {
 	}
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpSaveSYN, 1)
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_SAVE_SYN, 1)
 	}); err != nil {
 		return err
 	}
 	return serr
 }
 
-// listenControl sets TCP_SAVE_SYN on a listening socket before listen(2),
-// so no early connection misses it.
+// listenControl sets TCP_SAVE_SYN before listen(2), so no connection misses
+// it. Failure is not an error: the fingerprint then degrades to unknown.
 func listenControl(network, address string, rc syscall.RawConn) error {
-	rc.Control(func(fd uintptr) {
-		syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpSaveSYN, 1)
-	})
+	p0f.SaveSYNControl(network, address, rc)
 	return nil
 }
 
@@ -49,19 +45,9 @@ func savedSYN(c net.Conn) []byte {
 	if !ok {
 		return nil
 	}
-	rc, err := tc.SyscallConn()
+	syn, err := p0f.SavedSYN(tc)
 	if err != nil {
 		return nil
 	}
-	var out []byte
-	rc.Control(func(fd uintptr) {
-		buf := make([]byte, 512)
-		l := uint32(len(buf))
-		_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, tcpSavedSYN,
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
-		if e == 0 && l > 0 && int(l) <= len(buf) {
-			out = buf[:l:l]
-		}
-	})
-	return out
+	return syn
 }
