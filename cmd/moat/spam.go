@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -42,6 +43,7 @@ func cmdLearn(args []string) int {
 	fromPath := fs.String("label-from-path", "", "learn PATH, labelling by ham/ and spam/ path components")
 	mode := fs.String("mode", "everything", "everything | on-error (learn only what the model gets wrong or is unsure of)")
 	dbPath := fs.String("db", classifierDB(), "SQLite database holding the model ($MOAT_DB)")
+	cfgPath := fs.String("config", "", "use the model and classifier settings of this Moat configuration (instead of --db)")
 	user := fs.String("user", "", "learn into this user's personal model instead of the site model")
 	alg := fs.String("classifier", "", "logreg | chi2 (default: logreg)")
 	quiet := fs.Bool("q", false, "print only the summary")
@@ -64,6 +66,12 @@ func cmdLearn(args []string) int {
 	}
 	ctx := context.Background()
 	cfg := classify.DefaultConfig()
+	if *cfgPath != "" {
+		var ok bool
+		if *dbPath, cfg, ok = modelFromConfig("learn", *cfgPath); !ok {
+			return 2
+		}
+	}
 	if *alg != "" {
 		cfg.Algorithm = *alg
 	}
@@ -137,13 +145,24 @@ func cmdClassify(args []string) int {
 	fs := flag.NewFlagSet("classify", flag.ContinueOnError)
 	explain := fs.Bool("explain", false, "list the ten features that pushed the score most")
 	dbPath := fs.String("db", classifierDB(), "SQLite database holding the model ($MOAT_DB)")
+	cfgPath := fs.String("config", "", "use the model and classifier settings of this Moat configuration (instead of --db)")
 	user := fs.String("user", "", "score with this user's model (falls back to the site model)")
 	alg := fs.String("classifier", "", "logreg | chi2 (default: logreg)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	ctx := context.Background()
-	c, closeDB, err := openClassifier(ctx, *dbPath, *alg)
+	cfg := classify.DefaultConfig()
+	if *cfgPath != "" {
+		var ok bool
+		if *dbPath, cfg, ok = modelFromConfig("classify", *cfgPath); !ok {
+			return 2
+		}
+	}
+	if *alg != "" {
+		cfg.Algorithm = *alg
+	}
+	c, closeDB, err := openClassifierMode(ctx, *dbPath, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat classify:", err)
 		return 1
@@ -271,4 +290,22 @@ func writeScores(path string, res *classify.EvalResult) error {
 		fmt.Fprintf(w, "%s\t%s\t%.6f\n", s.Name, s.Label, s.Prob)
 	}
 	return errors.Join(w.Flush(), f.Close())
+}
+
+// modelFromConfig returns the model database and classifier settings that
+// `moat serve` uses with the configuration at path.
+func modelFromConfig(cmd, path string) (string, classify.Config, bool) {
+	cfg, ok := loadConfig(path)
+	if !ok {
+		return "", classify.Config{}, false
+	}
+	if cfg.Store.Driver != "sqlite" {
+		fmt.Fprintf(os.Stderr, "moat %s: store.driver %s: the command-line trainer reads the embedded SQLite store only; use --db\n", cmd, cfg.Store.Driver)
+		return "", classify.Config{}, false
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Store.DSN), 0o750); err != nil {
+		fmt.Fprintf(os.Stderr, "moat %s: %v\n", cmd, err)
+		return "", classify.Config{}, false
+	}
+	return cfg.Store.DSN, cfg.Checks.Bayes.Classifier, true
 }
