@@ -46,6 +46,19 @@ func init() {
 			lc.Audit.Resolver = cfg.DNS.Resolvers[0]
 		}
 		lc.Lockdown.Gateway = append([]string(nil), cfg.Gateway.Addresses...)
+		// Lock port 25 and every port Moat relays to.
+		seen := map[int]bool{}
+		for _, p := range lc.Lockdown.Ports {
+			seen[p] = true
+		}
+		for _, d := range ds {
+			for _, b := range d.Backends {
+				if !seen[b.Port] {
+					seen[b.Port] = true
+					lc.Lockdown.Ports = append(lc.Lockdown.Ports, b.Port)
+				}
+			}
+		}
 		if master, err := passmark.ReadKeyFile(cfg.Pass.SecretFile); err == nil {
 			lc.Secret = func(domain string) []byte { return passmark.DomainSecret(master, domain) }
 		}
