@@ -33,6 +33,16 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
+		// Domains in the file count even before moat serve seeded them.
+		have := map[string]bool{}
+		for _, d := range ds {
+			have[d.Name] = true
+		}
+		for _, dc := range cfg.Domains {
+			if d, err := dc.Domain(); err == nil && !have[d.Name] {
+				ds = append(ds, *d)
+			}
+		}
 		lc := &leakageConfig{Audit: cfg.Audit.Config, Lockdown: lockdown.DefaultConfig(), Milter: milter.DefaultConfig()}
 		lc.Audit.Routes = map[string]audit.Route{}
 		for _, d := range ds {
