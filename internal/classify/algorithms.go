@@ -130,9 +130,6 @@ type logreg struct {
 	etaBias float64
 	ada     bool
 	fs      FeatureSet
-	noNorm  bool // experiment: unnormalised binary features
-	hamW    float64 // experiment: weight of ham lessons' gradient
-	delta   float64 // experiment: AdaGrad initial accumulator in units of x^2
 }
 
 func newLogreg(bits int, eta float64, adaptive bool, fs FeatureSet) *logreg {
@@ -156,9 +153,6 @@ func (m *logreg) margin(rows []Row, t Totals) (float64, float64) {
 		return t.Bias, 0
 	}
 	x := 1 / math.Sqrt(float64(len(rows)))
-	if m.noNorm {
-		x = 1
-	}
 	s := t.Bias
 	for _, r := range rows {
 		s += r.W * x
@@ -183,11 +177,8 @@ func (m *logreg) update(keys []uint64, rows []Row, t Totals, p float64, l Label,
 		y = 1
 	}
 	e := y - p
-	if m.hamW > 0 && l == Ham {
-		e *= m.hamW
-	}
 	x := 1.0
-	if len(keys) > 0 && !m.noNorm {
+	if len(keys) > 0 {
 		x = 1 / math.Sqrt(float64(len(keys)))
 	}
 	d := make([]Delta, len(keys))
@@ -196,7 +187,7 @@ func (m *logreg) update(keys []uint64, rows []Row, t Totals, p float64, l Label,
 		if m.ada {
 			// AdaGrad: per-feature step eta/sqrt(sum of squared gradients).
 			G := rows[i].G + g*g
-			d[i] = Delta{Key: k, W: m.eta * g / math.Sqrt(G+m.delta*x*x+1e-12), G: g * g}
+			d[i] = Delta{Key: k, W: m.eta * g / math.Sqrt(G+1e-12), G: g * g}
 		} else {
 			d[i] = Delta{Key: k, W: m.eta * g}
 		}

@@ -3,7 +3,7 @@
 // Two methods are implemented over the same feature extractor and store:
 //
 //   - "logreg" (default): online logistic regression over hashed sparse
-//     binary features (words, OSB word pairs, header, URL and structure
+//     binary features (character 4-grams, header tokens, URL and structure
 //     features), hashed into 2^hash_bits buckets, trained by stochastic
 //     gradient descent on every message (or train-on-error with a margin).
 //   - "chi2": Robinson/Fisher chi-square combining over word tokens, the
@@ -46,7 +46,8 @@ type Config struct {
 	// plain SGD with a constant rate.
 	Adaptive bool `yaml:"adaptive"`
 	// Features: which feature families logreg uses: "grams" (character
-	// 4-grams of the first 3000 bytes of header + decoded text, plus URL,
+	// 4-grams of the first 3000 bytes of header + decoded text, plus
+	// sender, reply-path and relay domains, media type, mailer, URL,
 	// attachment, MIME-defect and hidden-text features; default), "words"
 	// (word tokens and OSB pairs), or "grams+words".
 	Features string `yaml:"features"`
@@ -118,7 +119,6 @@ func (c *Config) Validate() error {
 
 // Classifier scores and learns messages against a TokenStore.
 type Classifier struct {
-	expSteps int // experiment: extra steps while within margin
 	cfg   Config
 	store TokenStore
 	alg   algorithm
@@ -138,6 +138,7 @@ func New(cfg Config, store TokenStore) (*Classifier, error) {
 		var fs FeatureSet
 		if strings.Contains(cfg.Features, "grams") {
 			fs.Grams = 3000
+			fs.Headers = true
 		}
 		if strings.Contains(cfg.Features, "words") {
 			fs.Words, fs.Pairs, fs.Markup = true, true, true
@@ -317,9 +318,6 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 	steps := 1
 	if outcome == Moved && !c.alg.exactUnlearn() {
 		steps = 5
-	}
-	if c.expSteps > 0 && outcome == Learned {
-		steps = c.expSteps
 	}
 	for i := 0; i < steps; i++ {
 		d, dt := c.alg.update(keys, rows, t, p, label, 1)

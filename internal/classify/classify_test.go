@@ -37,11 +37,15 @@ func corpus(t testing.TB) []Item {
 func TestSplitRegression(t *testing.T) {
 	// The first 1,600 messages of the order (about 250 spam) keep the test
 	// fast under -race; -short halves it.
+	// Floors sit at about 3x the measured 1-AUC (logreg 0.9991, chi2
+	// 0.9981 on 1,600; 0.9977 and 0.9795 on 800): a regression to
+	// word-only features or plain SGD (1-ROCA% 0.7-2.4 online) fails.
 	items := corpus(t)[:1600]
+	floors := map[string]float64{"logreg": 0.997, "chi2": 0.99}
 	if testing.Short() {
 		items = items[:800]
+		floors = map[string]float64{"logreg": 0.993, "chi2": 0.95}
 	}
-	floors := map[string]float64{"logreg": 0.995, "chi2": 0.99}
 	for alg, floor := range floors {
 		cfg := DefaultConfig()
 		cfg.Algorithm = alg

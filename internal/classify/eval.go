@@ -35,6 +35,7 @@ type EvalResult struct {
 	Classified  int
 	Learned     int
 	ModelKeys   int64
+	threshold   float64
 }
 
 // OneMinusROCAPercent is (1 - AUC) * 100, the TREC "1-ROCA%".
@@ -152,6 +153,7 @@ func (r *EvalResult) summarize(threshold float64) {
 		r.FNRate = float64(r.FN) / float64(r.Spam)
 	}
 	r.AUC = AUC(r.Scored)
+	r.threshold = threshold
 }
 
 // AUC is the area under the ROC curve (spam positive), ties counted half:
@@ -183,6 +185,66 @@ func AUC(s []Scored) float64 {
 	return (rankSumPos - nPos*(nPos+1)/2) / (nPos * nNeg)
 }
 
+// TagProb is the probability at which the bayes check alone reaches the
+// default tag score (5 points = BAYES_99): the classifier's threshold as
+// a gateway acts on it with no other layer's help.
+const TagProb = 0.99
+
+// At counts false positives and false negatives at threshold over the
+// scored messages from index from on (from = 0: the whole stream).
+func (r *EvalResult) At(threshold float64, from int) (fp, fn, ham, spam int) {
+	for _, s := range r.Scored[min(from, len(r.Scored)):] {
+		if s.Label == Spam {
+			spam++
+			if s.Prob < threshold {
+				fn++
+			}
+		} else {
+			ham++
+			if s.Prob >= threshold {
+				fp++
+			}
+		}
+	}
+	return
+}
+
+// FNAtFP is the operating point with no more than maxFPRate false
+// positives: the number of spam missed by the lowest threshold that keeps
+// false positives at or below maxFPRate of the ham (from index from on).
+func (r *EvalResult) FNAtFP(maxFPRate float64, from int) (fn, spam int) {
+	var hams, spams []float64
+	for _, s := range r.Scored[min(from, len(r.Scored)):] {
+		if s.Label == Spam {
+			spams = append(spams, s.Prob)
+		} else {
+			hams = append(hams, s.Prob)
+		}
+	}
+	if len(hams) == 0 {
+		return 0, len(spams)
+	}
+	sort.Float64s(hams)
+	allowed := int(maxFPRate * float64(len(hams)))
+	if allowed >= len(hams) {
+		return 0, len(spams)
+	}
+	cut := hams[len(hams)-1-allowed] // spam must score above this
+	for _, p := range spams {
+		if p <= cut {
+			fn++
+		}
+	}
+	return fn, len(spams)
+}
+
+func pct(a, b int) float64 {
+	if b == 0 {
+		return 0
+	}
+	return 100 * float64(a) / float64(b)
+}
+
 // Report writes a human-readable summary.
 func (r *EvalResult) Report(w io.Writer) {
 	fmt.Fprintf(w, "classifier:        %s (%s protocol)\n", r.Algorithm, r.Protocol)
@@ -192,6 +254,15 @@ func (r *EvalResult) Report(w io.Writer) {
 	fmt.Fprintf(w, "FP rate:           %.3f%% (%d of %d ham)\n", 100*r.FPRate, r.FP, r.Ham)
 	fmt.Fprintf(w, "FN rate:           %.3f%% (%d of %d spam)\n", 100*r.FNRate, r.FN, r.Spam)
 	fmt.Fprintf(w, "as deployed:       FP %d, FN %d (silent until min_ham/min_spam)\n", r.GatedFP, r.GatedFN)
+	fp, fn, h, sp := r.At(TagProb, 0)
+	fmt.Fprintf(w, "at p>=%.2f (tag):  FP %.3f%% (%d), FN %.3f%% (%d)\n", TagProb, pct(fp, h), fp, pct(fn, sp), fn)
+	half := len(r.Scored) / 2
+	fp, fn, h, sp = r.At(r.threshold, half)
+	fp2, fn2, _, _ := r.At(TagProb, half)
+	fmt.Fprintf(w, "second half:       FP %.3f%% (%d/%d), FN %.3f%% (%d/%d) at %.2f; FP %d, FN %d at %.2f\n", pct(fp, h), fp, h, pct(fn, sp), fn, sp, r.threshold, fp2, fn2, TagProb)
+	fn, sp = r.FNAtFP(0.001, 0)
+	fn2, sp2 := r.FNAtFP(0.001, half)
+	fmt.Fprintf(w, "FN at FP<=0.1%%:    %.2f%% (%d/%d) best threshold, whole stream; %.2f%% (%d/%d) second half\n", pct(fn, sp), fn, sp, pct(fn2, sp2), fn2, sp2)
 	fmt.Fprintf(w, "classify:          %.0f msgs/s (%d msgs)\n", r.ClassifyRate(), r.Classified)
 	fmt.Fprintf(w, "learn:             %.0f msgs/s (%d msgs)\n", r.LearnRate(), r.Learned)
 	fmt.Fprintf(w, "model size:        %d keys\n", r.ModelKeys)

@@ -24,8 +24,7 @@ type FeatureSet struct {
 	Pairs    bool // OSB word pairs (orthogonal sparse bigrams, window 5); needs Words
 	Markup   bool // HTML tag and attribute tokens
 	MaxWords int  // body words considered (the first N); 0 = 3000
-	// expHdr/expText: experiment, separate byte budgets for header and text grams.
-	expHdr, expText int
+	Headers  bool // sender, reply-path and relay domains, media type, mailer ("hd:")
 }
 
 // ignoredHeaders are added by filters along the way; trusting them would
@@ -105,13 +104,14 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 		maxWords = 3000
 	}
 	x := &extractor{names: names, seen: make(map[uint64]struct{}, 512)}
-	if fs.expHdr > 0 {
-		gramsSplit(x, m, fs.expHdr, fs.expText)
-	} else if fs.Grams > 0 {
+	if fs.Grams > 0 {
 		grams(x, m, fs.Grams)
 	}
 	if fs.Words {
 		wordFeatures(x, m, fs, maxWords)
+	}
+	if fs.Headers {
+		headerTokens(x, m)
 	}
 	for _, w := range words(m.HiddenText, 500) {
 		x.add("hid:", w)
@@ -184,27 +184,63 @@ func grams(x *extractor, m *message.Message, n int) {
 	}
 }
 
-func gramsSplit(x *extractor, m *message.Message, nh, nt int) {
-	hdr := m.RawHeader
-	if len(hdr) > nh {
-		hdr = hdr[:nh]
-	}
-	t := m.Text
-	if len(t) > nt {
-		t = t[:nt]
-	}
-	buf := make([]byte, 0, len(hdr)+len(t)+1)
-	buf = append(buf, hdr...)
-	buf = append(buf, '\n')
-	buf = append(buf, t...)
-	pre := hashStr(fnvOffset, "g:")
-	for i := 0; i+4 <= len(buf); i++ {
-		h := pre
-		for _, c := range buf[i : i+4] {
-			h ^= uint64(c)
-			h *= fnvPrime
+// headerTokens adds a few header-specific tokens that 4-grams see only
+// in pieces: the sender's and reply path's domains, the host names and
+// registered domains of Received relays, the media type, and the mailer.
+func headerTokens(x *extractor, m *message.Message) {
+	addr := func(prefix, v string) {
+		if i := strings.LastIndexByte(v, '@'); i >= 0 {
+			d := strings.ToLower(strings.Trim(v[i+1:], "<> \t\"'"))
+			if j := strings.IndexAny(d, "> \t\"'"); j >= 0 {
+				d = d[:j]
+			}
+			if d == "" {
+				return
+			}
+			x.add(prefix, d)
+			if r := message.RegisteredDomain(d); r != "" && r != d {
+				x.add(prefix, r)
+			}
 		}
-		x.addHash(h, "", "")
+	}
+	addr("hd:from:", m.Get("From"))
+	addr("hd:rp:", m.Get("Return-Path"))
+	addr("hd:rt:", m.Get("Reply-To"))
+	n := 0
+	for _, f := range m.Header {
+		switch strings.ToLower(f.Name) {
+		case "received":
+			if n >= 8 {
+				continue
+			}
+			n++
+			v := f.Value
+			for _, kw := range []string{"from ", "by "} {
+				i := strings.Index(v, kw)
+				if i < 0 {
+					continue
+				}
+				h := strings.Fields(v[i+len(kw):])
+				if len(h) == 0 {
+					continue
+				}
+				host := strings.ToLower(strings.Trim(h[0], "()[];"))
+				x.add("hd:rcv:"+kw, host)
+				if r := message.RegisteredDomain(host); r != "" && r != host {
+					x.add("hd:rcv:"+kw, r)
+				}
+			}
+		case "content-type":
+			ct := strings.ToLower(f.Value)
+			if i := strings.IndexByte(ct, ';'); i >= 0 {
+				ct = ct[:i]
+			}
+			x.add("hd:ct:", strings.TrimSpace(ct))
+		case "x-mailer", "user-agent":
+			for _, w := range words(f.Value, 4) {
+				x.add("hd:ua:", w)
+			}
+		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	stdtextproto "net/textproto"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	gomessage "github.com/emersion/go-message"
@@ -139,14 +140,30 @@ var errBudget = errors.New("message: limit reached")
 
 // ParseBytes parses a message held in memory.
 func ParseBytes(raw []byte, lim Limits) *Message {
-	m, _ := Parse(bytes.NewReader(raw), lim)
-	return m
+	return ParseOwned(bytes.Clone(raw), lim)
+}
+
+// ParseOwned is ParseBytes without the copy: the Message keeps slices of
+// raw (RawHeader, RawBody), so the caller must not modify raw afterwards.
+func ParseOwned(raw []byte, lim Limits) *Message {
+	if raw == nil {
+		raw = []byte{}
+	}
+	return parseRaw(raw, lim)
 }
 
 // Parse reads and decodes one message. It reads at most what the limits
 // allow of the decoded content, but the raw header and up to MaxRawBody
 // of the raw body are always kept. The error is non-nil only if r fails.
 func Parse(r io.Reader, lim Limits) (*Message, error) {
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		return &Message{}, err
+	}
+	return parseRaw(raw, lim), nil
+}
+
+func parseRaw(raw []byte, lim Limits) *Message {
 	if lim.MaxParts <= 0 || lim.MaxDepth <= 0 || lim.MaxDecodedBytes <= 0 {
 		d := DefaultLimits()
 		if lim.MaxParts <= 0 {
@@ -159,16 +176,12 @@ func Parse(r io.Reader, lim Limits) (*Message, error) {
 			lim.MaxDecodedBytes = d.MaxDecodedBytes
 		}
 	}
-	raw, err := io.ReadAll(r)
-	if err != nil {
-		return &Message{}, err
-	}
 	p := &parser{lim: lim, m: &Message{}, budget: lim.MaxDecodedBytes, urlSeen: map[string]bool{}}
 	if lim.MaxTime > 0 {
 		p.deadline = time.Now().Add(lim.MaxTime)
 	}
 	p.parse(raw)
-	return p.m, nil
+	return p.m
 }
 
 // splitHeader finds the end of the header block (CRLFCRLF or LFLF).
@@ -549,9 +562,9 @@ func (p *parser) finish() {
 // same fingerprint; the Received chain does not matter.
 func Fingerprint(m *Message) [32]byte {
 	h := sha256.New()
-	io.WriteString(h, strings.ToLower(strings.Join(strings.Fields(m.Subject), " ")))
+	writeNormalized(h, m.Subject)
 	h.Write([]byte{0})
-	io.WriteString(h, strings.ToLower(strings.Join(strings.Fields(m.Text), " ")))
+	writeNormalized(h, m.Text)
 	for _, a := range m.Attachments {
 		h.Write([]byte{0})
 		fmt.Fprintf(h, "%s/%s/%d", a.Filename, a.ContentType, a.Size)
@@ -559,4 +572,59 @@ func Fingerprint(m *Message) [32]byte {
 	var out [32]byte
 	copy(out[:], h.Sum(nil))
 	return out
+}
+
+// writeNormalized writes strings.ToLower(strings.Join(strings.Fields(s),
+// " ")) to w without building it: word by word through a small buffer
+// (lower-casing maps rune by rune, so word-wise equals whole-string).
+func writeNormalized(w io.Writer, s string) {
+	var buf [512]byte
+	b := buf[:0]
+	first := true
+	for len(s) > 0 {
+		// Skip leading space, find the end of the word (strings.Fields'
+		// definition of space: unicode.IsSpace).
+		i := 0
+		for i < len(s) {
+			r, n := rune(s[i]), 1
+			if r >= utf8.RuneSelf {
+				r, n = utf8.DecodeRuneInString(s[i:])
+			}
+			if !unicode.IsSpace(r) {
+				break
+			}
+			i += n
+		}
+		s = s[i:]
+		if s == "" {
+			break
+		}
+		j := 0
+		for j < len(s) {
+			r, n := rune(s[j]), 1
+			if r >= utf8.RuneSelf {
+				r, n = utf8.DecodeRuneInString(s[j:])
+			}
+			if unicode.IsSpace(r) {
+				break
+			}
+			j += n
+		}
+		word := strings.ToLower(s[:j])
+		s = s[j:]
+		if !first {
+			b = append(b, ' ')
+		}
+		first = false
+		if len(b)+len(word) > cap(b) {
+			w.Write(b)
+			b = b[:0]
+			if len(word) > cap(b) {
+				io.WriteString(w, word)
+				continue
+			}
+		}
+		b = append(b, word...)
+	}
+	w.Write(b)
 }

@@ -121,7 +121,9 @@ type Tracker struct {
 
 	ch      chan *Event
 	flushCh chan chan error
-	seq     int64 // guarded by the writer goroutine
+
+	sqlInsEvent, sqlUpMsg, sqlInsRcpt string // rebound for the driver
+	seq                               int64  // guarded by the writer goroutine
 
 	mu      sync.Mutex
 	started bool
@@ -157,6 +159,10 @@ func New(ctx context.Context, cfg Config, db *sql.DB, driver string, log *slog.L
 		flushCh: make(chan chan error),
 		done:    make(chan struct{}),
 		seq:     time.Now().UnixMicro(),
+
+		sqlInsEvent: sqlstore.Rebind(driver, sqlInsEvent),
+		sqlUpMsg:    sqlstore.Rebind(driver, sqlUpMsg),
+		sqlInsRcpt:  sqlstore.Rebind(driver, sqlInsRcpt),
 	}, nil
 }
 
@@ -299,20 +305,12 @@ func (t *Tracker) write(batch []*Event) error {
 	return nil
 }
 
-func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
-	tx, err := t.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	insEvent, err := tx.PrepareContext(ctx, t.q(`INSERT INTO tracking_events
+// The writer's statements (? placeholders; rebound for PostgreSQL in New).
+const (
+	sqlInsEvent = `INSERT INTO tracking_events
 		(queue_id, ts, seq, level, kind, msg, rcpt, domain, host, outcome, reply, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`))
-	if err != nil {
-		return err
-	}
-	defer insEvent.Close()
-	upMsg, err := tx.PrepareContext(ctx, t.q(`INSERT INTO tracking_messages
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlUpMsg = `INSERT INTO tracking_messages
 		(queue_id, first_seen, last_seen, has_txn, conn_id, client_ip, helo, from_addr, size, action, outcome, score, symbols, reason, reason_key, reply)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (queue_id) DO UPDATE SET
@@ -330,18 +328,21 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 		symbols = CASE WHEN excluded.has_txn = 1 THEN excluded.symbols ELSE tracking_messages.symbols END,
 		reason = CASE WHEN excluded.has_txn = 1 THEN excluded.reason ELSE tracking_messages.reason END,
 		reason_key = CASE WHEN excluded.has_txn = 1 THEN excluded.reason_key ELSE tracking_messages.reason_key END,
-		reply = CASE WHEN excluded.has_txn = 1 THEN excluded.reply ELSE tracking_messages.reply END`))
-	if err != nil {
-		return err
-	}
-	defer upMsg.Close()
-	insRcpt, err := tx.PrepareContext(ctx, t.q(`INSERT INTO tracking_rcpts (queue_id, rcpt, domain, first_seen)
-		VALUES (?, ?, ?, ?) ON CONFLICT (queue_id, rcpt) DO NOTHING`))
-	if err != nil {
-		return err
-	}
-	defer insRcpt.Close()
+		reply = CASE WHEN excluded.has_txn = 1 THEN excluded.reply ELSE tracking_messages.reply END`
+	sqlInsRcpt = `INSERT INTO tracking_rcpts (queue_id, rcpt, domain, first_seen)
+		VALUES (?, ?, ?, ?) ON CONFLICT (queue_id, rcpt) DO NOTHING`
+)
 
+func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
+	tx, err := t.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	// Plain ExecContext with constant SQL: the store's SQLite driver keeps
+	// the statements prepared across batches (pgx caches them too), where
+	// Tx.PrepareContext compiled them again for every batch.
+	insEvent, upMsg, insRcpt := t.sqlInsEvent, t.sqlUpMsg, t.sqlInsRcpt
 	// One summary row per queue ID per batch.
 	type sum struct {
 		first, last int64
@@ -354,7 +355,7 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 	for _, e := range batch {
 		t.seq++
 		ts := e.Time.UnixMicro()
-		if _, err := insEvent.ExecContext(ctx, e.QueueID, ts, t.seq, e.Level, e.Kind, e.Msg,
+		if _, err := tx.ExecContext(ctx, insEvent, e.QueueID, ts, t.seq, e.Level, e.Kind, e.Msg,
 			e.Rcpt, e.Domain, e.Host, e.Outcome, e.Reply, e.Detail); err != nil {
 			return err
 		}
@@ -395,13 +396,13 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 		if s.txn != nil {
 			has, ti = 1, *s.txn
 		}
-		if _, err := upMsg.ExecContext(ctx, id, s.first, s.last, has, ti.connID, ti.ip, ti.helo, ti.from,
+		if _, err := tx.ExecContext(ctx, upMsg, id, s.first, s.last, has, ti.connID, ti.ip, ti.helo, ti.from,
 			ti.size, ti.action, ti.outcome, ti.score, strings.Join(ti.symbols, " "), ti.reason,
 			reasonKey(ti.action, ti.reason, ti.reply), ti.reply); err != nil {
 			return err
 		}
 		for _, r := range s.order {
-			if _, err := insRcpt.ExecContext(ctx, id, r, s.rcpts[r], s.first); err != nil {
+			if _, err := tx.ExecContext(ctx, insRcpt, id, r, s.rcpts[r], s.first); err != nil {
 				return err
 			}
 		}

@@ -211,8 +211,26 @@ func (c *Check) CheckData(ctx context.Context, tx *pipeline.Txn, pm *pipeline.Me
 }
 
 func decodeHeader(v string) string {
+	if plainHeaderValue(v) {
+		return v // what parsing it as a header would give, without the parse
+	}
 	m := message.ParseBytes([]byte("From: "+v+"\r\n\r\n"), message.Limits{MaxParts: 1, MaxDepth: 1, MaxDecodedBytes: 1, MaxRawBody: 1})
 	return m.Get("From")
+}
+
+// plainHeaderValue reports whether v has nothing a header parse would
+// change: no encoded words, no control characters, no surrounding space,
+// only printable ASCII.
+func plainHeaderValue(v string) bool {
+	if v == "" || v[0] == ' ' || v[len(v)-1] == ' ' || strings.Contains(v, "=?") {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // lookup finds the DMARC record for the From domain, falling back to the

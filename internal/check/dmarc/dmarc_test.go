@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/dns"
 
 	"moat.dev/moat/internal/dnsx"
+	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/testutil/dnstest"
@@ -144,5 +145,22 @@ func TestEvaluate(t *testing.T) {
 	r = c.CheckData(ctx, txWith(nil, nil), msgFrom("a@quar.example"))
 	if r.Err == nil || !strings.HasPrefix(r.Auth[0], "dmarc=temperror") {
 		t.Errorf("servfail: %+v", r)
+	}
+}
+
+// decodeHeader's fast path gives what the full header parse gives.
+func TestDecodeHeaderFastPathMatchesParse(t *testing.T) {
+	slow := func(v string) string {
+		m := message.ParseBytes([]byte("From: "+v+"\r\n\r\n"), message.Limits{MaxParts: 1, MaxDepth: 1, MaxDecodedBytes: 1, MaxRawBody: 1})
+		return m.Get("From")
+	}
+	for _, v := range []string{
+		"Alice <alice@example.com>", "alice@example.com", `"Bob, Jr." <bob@example.org>`,
+		"=?utf-8?q?J=C3=B6rg?= <j@example.de>", " padded@example.com ", "tab\there@example.com",
+		"Jörg <j@example.de>", "a\x00b@example.com", "", "x",
+	} {
+		if got, want := decodeHeader(v), slow(v); got != want {
+			t.Errorf("decodeHeader(%q) = %q, want %q", v, got, want)
+		}
 	}
 }

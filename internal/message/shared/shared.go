@@ -6,6 +6,7 @@
 package shared
 
 import (
+	"io"
 	"runtime"
 	"sync"
 	"weak"
@@ -48,9 +49,36 @@ func Parse(pm *pipeline.Message, lim message.Limits) (*message.Message, error) {
 			return
 		}
 		defer rc.Close()
-		e.m, e.err = message.Parse(rc, lim)
+		raw, err := readSized(rc, pm.Size)
+		if err != nil {
+			e.m, e.err = &message.Message{}, err
+			return
+		}
+		e.m = message.ParseOwned(raw, lim)
 	})
 	return e.m, e.err
+}
+
+// readSized reads r to the end into one buffer sized for the expected
+// size (io.ReadAll would grow it from 512 bytes, copying at each step).
+func readSized(r io.Reader, size int64) ([]byte, error) {
+	if size <= 0 || size > 64<<20 {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, size+1) // +1: EOF is seen without growing
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // more than announced: let append grow it
+		}
+	}
 }
 
 // Len returns the number of cached entries (for tests).

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"moat.dev/moat/internal/message"
@@ -42,5 +43,24 @@ func TestParseOnceAndRelease(t *testing.T) {
 	}
 	if Len() != 0 {
 		t.Fatalf("cache still holds %d entries", Len())
+	}
+}
+
+// readSized returns exactly what the reader holds whatever the announced
+// size (Size is the SIZE= parameter or the spool's count; trust neither).
+func TestReadSizedAnySize(t *testing.T) {
+	data := strings.Repeat("0123456789", 1000)
+	for _, size := range []int64{-1, 0, 1, 100, 9999, 10000, 10001, 1 << 20} {
+		got, err := readSized(iotest.OneByteReader(strings.NewReader(data)), size)
+		if err != nil || string(got) != data {
+			t.Fatalf("size %d: got %d bytes, %v; want %d bytes", size, len(got), err, len(data))
+		}
+		got, err = readSized(strings.NewReader(data), size)
+		if err != nil || string(got) != data {
+			t.Fatalf("size %d: got %d bytes, %v; want %d bytes", size, len(got), err, len(data))
+		}
+	}
+	if _, err := readSized(iotest.ErrReader(io.ErrUnexpectedEOF), 10); err != io.ErrUnexpectedEOF {
+		t.Fatalf("read error not returned: %v", err)
 	}
 }

@@ -1,0 +1,47 @@
+package classify
+
+import (
+	"testing"
+
+	"moat.dev/moat/internal/message"
+)
+
+// TestHeaderTokens: the default feature set carries the sender, reply
+// path and relay domains (host and registered domain), the media type and
+// the mailer as single features.
+func TestHeaderTokens(t *testing.T) {
+	raw := "Received: from mail.sender.example.co.uk (mail.sender.example.co.uk [192.0.2.7])\r\n" +
+		"\tby mx.moat.test (Postfix) with ESMTP id 1234\r\n" +
+		"Return-Path: <bounce@lists.example.org>\r\n" +
+		"From: \"Alice\" <alice@Shop.Example.COM>\r\n" +
+		"Reply-To: replies@example.net\r\n" +
+		"X-Mailer: Bulk Mailer 5.0\r\n" +
+		"Content-Type: text/plain; charset=us-ascii\r\n" +
+		"Subject: hello\r\n\r\nhello there\r\n"
+	c, err := New(DefaultConfig(), NewMemStore())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, f := range c.Features(message.ParseBytes([]byte(raw), message.DefaultLimits()), true) {
+		got[f.Name] = true
+	}
+	for _, want := range []string{
+		"hd:from:shop.example.com", "hd:from:example.com",
+		"hd:rp:lists.example.org", "hd:rp:example.org",
+		"hd:rt:example.net",
+		"hd:rcv:from mail.sender.example.co.uk", "hd:rcv:from example.co.uk",
+		"hd:rcv:by mx.moat.test",
+		"hd:ct:text/plain",
+		"hd:ua:bulk", "hd:ua:mailer",
+	} {
+		if !got[want] {
+			t.Errorf("missing feature %q", want)
+		}
+	}
+	for name := range got {
+		if name == "hd:from:" || name == "hd:rcv:from " {
+			t.Errorf("empty header token %q", name)
+		}
+	}
+}
