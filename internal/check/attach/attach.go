@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"moat.dev/moat/internal/message/shared"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/verdict"
 )
@@ -85,7 +86,7 @@ func (c *Check) CheckData(ctx context.Context, tx *pipeline.Txn, m *pipeline.Mes
 	if tx != nil && tx.Log != nil {
 		log = tx.Log
 	}
-	rc, err := m.Open()
+	rc, err := shared.Open(m) // one spool read shared with the other checks
 	if err != nil {
 		return verdict.Result{Err: fmt.Errorf("attach: open message: %w", err)}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"moat.dev/moat/internal/dnsx"
+	"moat.dev/moat/internal/message/shared"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/verdict"
 )
@@ -97,7 +98,7 @@ func LookupTXTFunc(ctx context.Context, r interface {
 
 // CheckData implements pipeline.DataChecker.
 func (c *Check) CheckData(ctx context.Context, tx *pipeline.Txn, pm *pipeline.Message) verdict.Result {
-	rc, err := pm.Open()
+	rc, err := shared.Open(pm) // one spool read shared with the other checks
 	if err != nil {
 		return verdict.Result{Err: fmt.Errorf("dkim: open message: %w", err)}
 	}

@@ -64,3 +64,75 @@ func TestReadSizedAnySize(t *testing.T) {
 		t.Fatalf("read error not returned: %v", err)
 	}
 }
+
+// Open and Parse of one small message read the spool once between them;
+// every reader sees the whole message and can seek; a large message is
+// opened by each caller.
+func TestOpenSharesOneRead(t *testing.T) {
+	const raw = "Subject: shared\r\n\r\nbody line\r\n"
+	var opens atomic.Int32
+	pm := &pipeline.Message{Size: int64(len(raw)), Open: func() (io.ReadCloser, error) {
+		opens.Add(1)
+		return io.NopCloser(strings.NewReader(raw)), nil
+	}}
+	var wg sync.WaitGroup
+	for i := 0; i < 6; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if i%2 == 0 {
+				if m, err := Parse(pm, message.DefaultLimits()); err != nil || m.Subject != "shared" {
+					t.Errorf("parse: %v %v", m, err)
+				}
+				return
+			}
+			rc, err := Open(pm)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer rc.Close()
+			b, err := io.ReadAll(rc)
+			if err != nil || string(b) != raw {
+				t.Errorf("read %q, %v", b, err)
+			}
+			sk, ok := rc.(io.Seeker)
+			if !ok {
+				t.Error("shared reader cannot seek")
+				return
+			}
+			if _, err := sk.Seek(0, io.SeekStart); err != nil {
+				t.Error(err)
+			}
+			if b, _ := io.ReadAll(rc); string(b) != raw {
+				t.Errorf("after seek read %q", b)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if n := opens.Load(); n != 1 {
+		t.Fatalf("spool opened %d times, want 1", n)
+	}
+
+	big := strings.Repeat("x", RawLimit+1)
+	opens.Store(0)
+	pmBig := &pipeline.Message{Size: int64(len(big)), Open: func() (io.ReadCloser, error) {
+		opens.Add(1)
+		return io.NopCloser(strings.NewReader(big)), nil
+	}}
+	for i := 0; i < 2; i++ {
+		rc, err := Open(pmBig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := io.Copy(io.Discard, rc); n != int64(len(big)) {
+			t.Fatalf("read %d bytes of %d", n, len(big))
+		}
+		rc.Close()
+	}
+	if n := opens.Load(); n != 2 {
+		t.Fatalf("large message opened %d times, want 2 (no shared copy)", n)
+	}
+	runtime.KeepAlive(pm)
+	runtime.KeepAlive(pmBig)
+}

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -192,5 +193,48 @@ func TestStmtCacheConcurrent(t *testing.T) {
 	var n int
 	if err := db.QueryRow(`SELECT count(*) FROM kv WHERE v = 'w'`).Scan(&n); err != nil || n != 16*5 {
 		t.Fatalf("rows written: %d, %v; want %d", n, err, 16*5)
+	}
+}
+
+// BenchmarkPointQuery compares a point SELECT through the store's cached
+// driver and pool with the plain driver and database/sql's default pool,
+// from many goroutines (as SMTP sessions call it).
+func BenchmarkPointQuery(b *testing.B) {
+	for _, mode := range []string{"plain", "cached"} {
+		b.Run(mode, func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "moat.db")
+			dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)"
+			var db *sql.DB
+			var err error
+			if mode == "plain" {
+				db, err = sql.Open("sqlite", dsn)
+			} else {
+				db, err = openCachedSQLite(dsn)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			if _, err := db.Exec(`CREATE TABLE t (scope TEXT, k INTEGER, ham INTEGER, spam INTEGER, PRIMARY KEY (scope, k))`); err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; i < 100; i++ {
+				db.Exec(`INSERT INTO t VALUES ('global', ?, ?, ?)`, i, i, i)
+			}
+			b.SetParallelism(10) // 10 x GOMAXPROCS goroutines
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ctx := context.Background()
+				i := 0
+				for pb.Next() {
+					var h, s int
+					if err := db.QueryRowContext(ctx, `SELECT ham, spam FROM t WHERE scope = ? AND k = ?`, "global", i%100).Scan(&h, &s); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
+				}
+			})
+		})
 	}
 }
