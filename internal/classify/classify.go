@@ -201,7 +201,7 @@ func (c *Classifier) pickScope(ctx context.Context, user string) (string, Totals
 		if err != nil {
 			return "", Totals{}, err
 		}
-		if t.Ham+t.Spam >= int64(c.cfg.MinUserTrain) && t.Ham > 0 && t.Spam > 0 {
+		if c.userTrained(t) {
 			return s, t, nil
 		}
 	}
@@ -210,9 +210,37 @@ func (c *Classifier) pickScope(ctx context.Context, user string) (string, Totals
 	return s, t, err
 }
 
+// ModelReader is an optional TokenStore extension for classification, the
+// hot path: it reads the totals of candidate scopes and the rows of the
+// chosen one in as few queries as it can (SQLStore: one for the totals,
+// rows of the global model from a cache).
+type ModelReader interface {
+	// ReadModel reads the totals of scopes, picks the first i for which
+	// usable(i, totals) holds (the last scope when none does) and
+	// returns i, its totals and the rows of keys in it, aligned with keys.
+	ReadModel(ctx context.Context, scopes []string, usable func(i int, t Totals) bool, keys []uint64) (int, Totals, []Row, error)
+}
+
+// userTrained reports whether a user's model may answer.
+func (c *Classifier) userTrained(t Totals) bool {
+	return t.Ham+t.Spam >= int64(c.cfg.MinUserTrain) && t.Ham > 0 && t.Spam > 0
+}
+
 // Classify scores m for user ("" = site model). explain asks for the ten
 // strongest features.
 func (c *Classifier) Classify(ctx context.Context, user string, m *message.Message, explain bool) (Result, error) {
+	if mr, ok := c.store.(ModelReader); ok {
+		fs := c.Features(m, explain)
+		scopes := []string{c.Scope("")}
+		if user != "" {
+			scopes = []string{c.Scope(user), c.Scope("")}
+		}
+		i, t, rows, err := mr.ReadModel(ctx, scopes, func(_ int, t Totals) bool { return c.userTrained(t) }, c.keys(fs))
+		if err != nil {
+			return Result{}, err
+		}
+		return c.result(scopes[i], t, fs, rows, explain), nil
+	}
 	scope, t, err := c.pickScope(ctx, user)
 	if err != nil {
 		return Result{}, err
@@ -227,6 +255,11 @@ func (c *Classifier) classifyFeatures(ctx context.Context, scope string, t Total
 	if err != nil {
 		return Result{}, err
 	}
+	return c.result(scope, t, fs, rows, explain), nil
+}
+
+// result scores the rows of fs's keys in scope.
+func (c *Classifier) result(scope string, t Totals, fs []Feature, rows []Row, explain bool) Result {
 	p, contrib := c.alg.score(rows, t)
 	r := Result{Prob: p, Scope: scope, Ham: t.Ham, Spam: t.Spam,
 		Trained: t.Ham >= int64(c.cfg.MinHam) && t.Spam >= int64(c.cfg.MinSpam) && t.Ham+t.Spam > 0}
@@ -243,7 +276,7 @@ func (c *Classifier) classifyFeatures(ctx context.Context, scope string, t Total
 			r.Top = append(r.Top, Contribution{Feature: fs[i].Name, Value: contrib[i]})
 		}
 	}
-	return r, nil
+	return r
 }
 
 // LearnOutcome says what a Learn call did.

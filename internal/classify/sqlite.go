@@ -5,15 +5,19 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
-// Schema is the classifier's tables. Keys are the 63/64-bit feature keys
+// Schema is the classifier's tables. classify_versions counts each
+// scope's updates (the model version that SQLStore's cache is checked
+// against). Keys are the 63/64-bit feature keys
 // stored as signed INTEGER (bit pattern preserved).
 const Schema = `
 CREATE TABLE IF NOT EXISTS classify_tokens (
@@ -38,6 +42,10 @@ CREATE TABLE IF NOT EXISTS classify_lessons (
 	learned_at INTEGER NOT NULL,
 	PRIMARY KEY (scope, fp)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS classify_versions (
+	scope   TEXT PRIMARY KEY,
+	version INTEGER NOT NULL DEFAULT 0
+);
 `
 
 // Migrate creates the classifier's tables if they do not exist.
@@ -69,30 +77,419 @@ func OpenSQLite(path string) (*sql.DB, error) {
 }
 
 // SQLStore is a TokenStore in SQLite.
+//
+// Classification at end of DATA is its hot path, and it is built for it:
+//
+//   - Statements are prepared once and kept for the life of the store
+//     (database/sql keeps one prepared copy per pool connection that ran
+//     it). Key lookups use IN lists padded (with a repeated key) to a few
+//     fixed lengths, so four statements serve every message.
+//   - Its queries are bounded (SQLStoreOptions.MaxConcurrency): a burst of
+//     sessions waits here instead of making the shared pool open (and,
+//     beyond its idle limit, close again) connections. The pool's settings
+//     are not touched.
+//   - Rows of the global scopes (names ending ":global") go through a
+//     bounded in-memory read-through cache that is valid for one model
+//     version. Every Update bumps the scope's version in classify_versions
+//     in the same transaction, and a classification reads the version
+//     together with the totals (ReadModel, one query), so a lesson learned
+//     by any process (moat learn, a quarantine release) is used by the next
+//     classification. Entries also expire after SQLStoreOptions.CacheTTL,
+//     which bounds staleness for writers that do not bump the version
+//     (older builds, hand edits).
+//
+// Get, used for learning, always reads the database.
 type SQLStore struct {
-	db *sql.DB
+	db  *sql.DB
+	opt SQLStoreOptions
+	sem chan struct{}
+
+	mu     sync.Mutex
+	stmts  map[string]*sql.Stmt
+	caches map[string]*rowCache
+
+	hits, misses atomic.Int64 // cache lookups of keys
 }
 
-// NewSQLStore returns a store over db; call Migrate first.
-func NewSQLStore(db *sql.DB) *SQLStore { return &SQLStore{db: db} }
+// CacheStats returns how many key lookups of ReadModel the cache answered
+// and how many went to the database, since the store was made.
+func (s *SQLStore) CacheStats() (hits, misses int64) { return s.hits.Load(), s.misses.Load() }
 
-const (
-	getChunk    = 500
-	upsertChunk = 500
-)
+// SQLStoreOptions tunes an SQLStore; the zero value means the defaults.
+type SQLStoreOptions struct {
+	// CacheKeys bounds the rows cached per global scope (default 1<<18,
+	// about 15 MB when full); negative disables the cache.
+	CacheKeys int
+	// CacheTTL is the longest a cached row is used without being read
+	// again from the database, whatever the model version says (default
+	// 10 minutes).
+	CacheTTL time.Duration
+	// MaxConcurrency bounds the store's concurrent read queries (default
+	// max(4, 2*GOMAXPROCS)): SQLite reads are CPU-bound, so more gain
+	// nothing but connections.
+	MaxConcurrency int
+}
+
+// NewSQLStore returns a store over db with the default options; call
+// Migrate first.
+func NewSQLStore(db *sql.DB) *SQLStore { return NewSQLStoreWith(db, SQLStoreOptions{}) }
+
+// NewSQLStoreWith returns a store over db; call Migrate first.
+func NewSQLStoreWith(db *sql.DB, opt SQLStoreOptions) *SQLStore {
+	if opt.CacheKeys == 0 {
+		opt.CacheKeys = 1 << 18
+	}
+	if opt.CacheTTL <= 0 {
+		opt.CacheTTL = 10 * time.Minute
+	}
+	if opt.MaxConcurrency <= 0 {
+		opt.MaxConcurrency = max(4, 2*runtime.GOMAXPROCS(0))
+	}
+	return &SQLStore{db: db, opt: opt, sem: make(chan struct{}, opt.MaxConcurrency),
+		stmts: map[string]*sql.Stmt{}, caches: map[string]*rowCache{}}
+}
+
+// Close releases the prepared statements (closing the DB does too).
+func (s *SQLStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for q, st := range s.stmts {
+		st.Close()
+		delete(s.stmts, q)
+	}
+	return nil
+}
+
+// stmt returns the prepared statement for q, preparing it on first use
+// (which takes a pool connection): call it holding the semaphore, and
+// never with a transaction open (the pool may have only one connection).
+func (s *SQLStore) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	s.mu.Lock()
+	st := s.stmts[q]
+	s.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.stmts[q]; old != nil {
+		st.Close()
+		return old, nil
+	}
+	s.stmts[q] = st
+	return st, nil
+}
+
+func (s *SQLStore) acquire(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *SQLStore) release() { <-s.sem }
+
+// getSizes are the IN-list lengths of the key lookups; a shorter list is
+// padded with its last key.
+var getSizes = [...]int{16, 64, 256, 1024}
 
 var (
-	upsertMu    sync.Mutex
-	upsertCache = map[int]string{}
+	selectSQL [len(getSizes)]string
+	totalsSQL [3]string // by number of scopes (1, 2)
 )
+
+func init() {
+	for i, n := range getSizes {
+		selectSQL[i] = "SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", n-1) + ")"
+	}
+	for n := 1; n < len(totalsSQL); n++ {
+		totalsSQL[n] = `SELECT t.scope, t.ham, t.spam, t.bias, COALESCE(v.version, 0) FROM classify_totals t
+			LEFT JOIN classify_versions v ON v.scope = t.scope WHERE t.scope IN (?` + strings.Repeat(",?", n-1) + ")"
+	}
+}
+
+// readRows reads the rows of the distinct keys uniq (sorted) and calls
+// found for each stored one.
+func (s *SQLStore) readRows(ctx context.Context, scope string, uniq []int64, found func(k int64, r Row)) error {
+	args := make([]any, 0, getSizes[len(getSizes)-1]+1)
+	for start := 0; start < len(uniq); {
+		n := len(uniq) - start
+		si := len(getSizes) - 1
+		for i, size := range getSizes {
+			if size >= n {
+				si = i
+				break
+			}
+		}
+		size := getSizes[si]
+		end := min(start+size, len(uniq))
+		args = append(args[:0], scope)
+		for _, k := range uniq[start:end] {
+			args = append(args, k)
+		}
+		for len(args) < size+1 {
+			args = append(args, uniq[end-1])
+		}
+		st, err := s.stmt(ctx, selectSQL[si])
+		if err != nil {
+			return err
+		}
+		rows, err := st.QueryContext(ctx, args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k int64
+			var r Row
+			if err := rows.Scan(&k, &r.Ham, &r.Spam, &r.W, &r.G); err != nil {
+				rows.Close()
+				return err
+			}
+			found(k, r)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+// uniqKeys returns the distinct keys of keys, sorted (B-tree locality),
+// and where each one occurs.
+func uniqKeys(keys []uint64, at []int) ([]int64, map[int64][]int) {
+	pos := make(map[int64][]int, len(keys))
+	if at == nil {
+		for i, k := range keys {
+			pos[int64(k)] = append(pos[int64(k)], i)
+		}
+	} else {
+		for _, i := range at {
+			pos[int64(keys[i])] = append(pos[int64(keys[i])], i)
+		}
+	}
+	uniq := make([]int64, 0, len(pos))
+	for k := range pos {
+		uniq = append(uniq, k)
+	}
+	slices.Sort(uniq)
+	return uniq, pos
+}
+
+// Get implements TokenStore. It always reads the database.
+func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row, error) {
+	out := make([]Row, len(keys))
+	uniq, pos := uniqKeys(keys, nil)
+	if err := s.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	err := s.readRows(ctx, scope, uniq, func(k int64, r Row) {
+		for _, i := range pos[k] {
+			out[i] = r
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ReadModel implements ModelReader: one query for the totals and model
+// versions of all candidate scopes, then the chosen scope's rows, from
+// the cache for a global scope.
+func (s *SQLStore) ReadModel(ctx context.Context, scopes []string, usable func(i int, t Totals) bool, keys []uint64) (int, Totals, []Row, error) {
+	if len(scopes) == 0 || len(scopes) >= len(totalsSQL) {
+		return 0, Totals{}, nil, fmt.Errorf("classify: ReadModel: %d scopes", len(scopes))
+	}
+	if err := s.acquire(ctx); err != nil {
+		return 0, Totals{}, nil, err
+	}
+	defer s.release()
+	st, err := s.stmt(ctx, totalsSQL[len(scopes)])
+	if err != nil {
+		return 0, Totals{}, nil, err
+	}
+	args := make([]any, len(scopes))
+	for i, sc := range scopes {
+		args[i] = sc
+	}
+	tot := make([]Totals, len(scopes))
+	ver := make([]int64, len(scopes))
+	has := make([]bool, len(scopes))
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return 0, Totals{}, nil, err
+	}
+	for rows.Next() {
+		var name string
+		var t Totals
+		var v int64
+		if err := rows.Scan(&name, &t.Ham, &t.Spam, &t.Bias, &v); err != nil {
+			rows.Close()
+			return 0, Totals{}, nil, err
+		}
+		if i := slices.Index(scopes, name); i >= 0 {
+			tot[i], ver[i], has[i] = t, v, true
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return 0, Totals{}, nil, err
+	}
+	pick := len(scopes) - 1
+	for i := range pick {
+		if usable(i, tot[i]) {
+			pick = i
+			break
+		}
+	}
+	out := make([]Row, len(keys))
+	if !has[pick] {
+		// Update writes the totals in every transaction that writes rows:
+		// a scope without totals has no rows.
+		return pick, Totals{}, out, nil
+	}
+	scope := scopes[pick]
+	c := s.cache(scope)
+	if c == nil {
+		uniq, pos := uniqKeys(keys, nil)
+		err := s.readRows(ctx, scope, uniq, func(k int64, r Row) {
+			for _, i := range pos[k] {
+				out[i] = r
+			}
+		})
+		return pick, tot[pick], out, err
+	}
+	gen, miss := c.lookup(ver[pick], time.Now(), s.opt.CacheTTL, keys, out)
+	s.hits.Add(int64(len(keys) - len(miss)))
+	s.misses.Add(int64(len(miss)))
+	if len(miss) == 0 {
+		return pick, tot[pick], out, nil
+	}
+	uniq, pos := uniqKeys(keys, miss)
+	found := make(map[uint64]Row, len(uniq))
+	for _, k := range uniq {
+		found[uint64(k)] = Row{} // absent keys are cached too
+	}
+	err = s.readRows(ctx, scope, uniq, func(k int64, r Row) {
+		for _, i := range pos[k] {
+			out[i] = r
+		}
+		found[uint64(k)] = r
+	})
+	if err != nil {
+		return 0, Totals{}, nil, err
+	}
+	c.add(gen, found)
+	return pick, tot[pick], out, nil
+}
+
+// cache returns the row cache of scope, nil if it is not cached.
+func (s *SQLStore) cache(scope string) *rowCache {
+	if s.opt.CacheKeys < 0 || !strings.HasSuffix(scope, ":global") {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.caches[scope]
+	if c == nil {
+		c = &rowCache{max: max(s.opt.CacheKeys, 2)}
+		c.resetLocked(-1, time.Time{})
+		s.caches[scope] = c
+	}
+	return c
+}
+
+// rowCache holds rows of one scope at one model version, in two
+// generations: lookups promote rows from the previous generation, and
+// when the current one holds max/2 rows it becomes the previous one (the
+// rows not used since are dropped). At most max rows are held.
+type rowCache struct {
+	mu        sync.Mutex
+	max       int
+	version   int64
+	born      time.Time
+	gen       uint64 // incremented on every reset: a reader adds only to the generation it read
+	cur, prev map[uint64]Row
+}
+
+func (c *rowCache) resetLocked(version int64, now time.Time) {
+	c.version, c.born = version, now
+	c.gen++
+	c.cur, c.prev = make(map[uint64]Row), nil
+}
+
+func (c *rowCache) putLocked(k uint64, r Row) {
+	if len(c.cur) >= c.max/2 {
+		c.prev, c.cur = c.cur, make(map[uint64]Row, c.max/2)
+	}
+	c.cur[k] = r
+}
+
+// lookup fills out with the cached rows of keys at version and returns
+// the positions of the keys it does not hold. A different version, or
+// cached rows older than ttl, empty the cache first.
+func (c *rowCache) lookup(version int64, now time.Time, ttl time.Duration, keys []uint64, out []Row) (uint64, []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.version != version || now.Sub(c.born) > ttl {
+		c.resetLocked(version, now)
+	}
+	var miss []int
+	for i, k := range keys {
+		if r, ok := c.cur[k]; ok {
+			out[i] = r
+			continue
+		}
+		if r, ok := c.prev[k]; ok {
+			out[i] = r
+			delete(c.prev, k)
+			c.putLocked(k, r)
+			continue
+		}
+		miss = append(miss, i)
+	}
+	return c.gen, miss
+}
+
+// add caches rows read after lookup returned gen, unless the cache was
+// reset since (a newer version, a local Update).
+func (c *rowCache) add(gen uint64, rows map[uint64]Row) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
+	for k, r := range rows {
+		c.putLocked(k, r)
+	}
+}
+
+// invalidate empties the cache of scope (after a local Update; other
+// processes' updates are seen through the version).
+func (s *SQLStore) invalidate(scope string) {
+	s.mu.Lock()
+	c := s.caches[scope]
+	s.mu.Unlock()
+	if c != nil {
+		c.mu.Lock()
+		c.resetLocked(-1, time.Time{})
+		c.mu.Unlock()
+	}
+}
+
+// upsertSizes are the row counts of the multi-row upserts; a batch is
+// written as a sum of them, largest first.
+var upsertSizes = [...]int{512, 64, 8, 1}
 
 // upsertSQL returns the multi-row upsert statement for n rows.
 func upsertSQL(n int) string {
-	upsertMu.Lock()
-	defer upsertMu.Unlock()
-	if q, ok := upsertCache[n]; ok {
-		return q
-	}
 	var b strings.Builder
 	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
 	for i := 0; i < n; i++ {
@@ -102,57 +499,48 @@ func upsertSQL(n int) string {
 		b.WriteString("(?,?,?,?,?,?)")
 	}
 	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, w = w + excluded.w, g = g + excluded.g")
-	q := b.String()
-	if len(upsertCache) < 64 {
-		upsertCache[n] = q
+	return b.String()
+}
+
+var upsertSQLs = func() (q [len(upsertSizes)]string) {
+	for i, n := range upsertSizes {
+		q[i] = upsertSQL(n)
 	}
 	return q
-}
+}()
 
-// Get implements TokenStore.
-func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row, error) {
-	out := make([]Row, len(keys))
-	pos := make(map[int64][]int, len(keys))
-	for i, k := range keys {
-		pos[int64(k)] = append(pos[int64(k)], i)
-	}
-	uniq := make([]int64, 0, len(pos))
-	for k := range pos {
-		uniq = append(uniq, k)
-	}
-	slices.Sort(uniq) // B-tree locality
-	args := make([]any, 0, getChunk+1)
-	for start := 0; start < len(uniq); start += getChunk {
-		end := min(start+getChunk, len(uniq))
-		args = append(args[:0], scope)
-		for _, k := range uniq[start:end] {
-			args = append(args, k)
-		}
-		q := "SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", end-start-1) + ")"
-		rows, err := s.db.QueryContext(ctx, q, args...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var k int64
-			var r Row
-			if err := rows.Scan(&k, &r.Ham, &r.Spam, &r.W, &r.G); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			for _, i := range pos[k] {
-				out[i] = r
-			}
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
+const (
+	shrinkSQL    = `DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`
+	addTotalsSQL = `INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
+		ON CONFLICT(scope) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, bias = bias + excluded.bias`
+	bumpVersionSQL = `INSERT INTO classify_versions(scope, version) VALUES(?, 1)
+		ON CONFLICT(scope) DO UPDATE SET version = version + 1`
+	forgetLessonSQL = `DELETE FROM classify_lessons WHERE scope = ? AND fp = ?`
+	putLessonSQL    = `INSERT INTO classify_lessons(scope, fp, label, learned_at) VALUES(?,?,?,?)
+		ON CONFLICT(scope, fp) DO UPDATE SET label = excluded.label, learned_at = excluded.learned_at`
+	totalsOneSQL = `SELECT ham, spam, bias FROM classify_totals WHERE scope = ?`
+	lessonSQL    = `SELECT label FROM classify_lessons WHERE scope = ? AND fp = ?`
+	sizeSQL      = `SELECT count(*) FROM classify_tokens WHERE scope = ?`
+)
 
-// Update implements TokenStore: one transaction per batch.
+// Update implements TokenStore: one transaction per batch, which also
+// bumps the scope's model version.
 func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error) {
+	// Prepare every statement before the transaction takes a connection
+	// (the pool may have only one).
+	st := map[string]*sql.Stmt{}
+	need := []string{addTotalsSQL, bumpVersionSQL, shrinkSQL, forgetLessonSQL, putLessonSQL}
+	need = append(need, upsertSQLs[:]...)
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	for _, q := range need {
+		if st[q], err = s.stmt(ctx, q); err != nil {
+			s.release()
+			return err
+		}
+	}
+	s.release()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -162,12 +550,23 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 			tx.Rollback()
 		}
 	}()
-	// Multi-row upserts, upsertChunk rows per statement, in key order.
+	exec := func(q string, args ...any) error {
+		_, err := tx.StmtContext(ctx, st[q]).ExecContext(ctx, args...)
+		return err
+	}
+	// Multi-row upserts in key order, in chunks of upsertSizes.
 	slices.SortFunc(b.Deltas, func(x, y Delta) int { return cmp.Compare(int64(x.Key), int64(y.Key)) })
 	var shrink []int64
-	args := make([]any, 0, upsertChunk*6)
-	for start := 0; start < len(b.Deltas); start += upsertChunk {
-		end := min(start+upsertChunk, len(b.Deltas))
+	args := make([]any, 0, upsertSizes[0]*6)
+	for start := 0; start < len(b.Deltas); {
+		si := len(upsertSizes) - 1
+		for i, n := range upsertSizes {
+			if n <= len(b.Deltas)-start {
+				si = i
+				break
+			}
+		}
+		end := start + upsertSizes[si]
 		args = args[:0]
 		for _, d := range b.Deltas[start:end] {
 			args = append(args, scope, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
@@ -175,47 +574,54 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 				shrink = append(shrink, int64(d.Key))
 			}
 		}
-		q := upsertSQL(end - start)
-		if _, err = tx.ExecContext(ctx, q, args...); err != nil {
+		if err = exec(upsertSQLs[si], args...); err != nil {
+			return err
+		}
+		start = end
+	}
+	for _, k := range shrink {
+		if err = exec(shrinkSQL, scope, k); err != nil {
 			return err
 		}
 	}
-	if len(shrink) > 0 {
-		del, err := tx.PrepareContext(ctx, `DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`)
-		if err != nil {
-			return err
-		}
-		defer del.Close()
-		for _, k := range shrink {
-			if _, err = del.ExecContext(ctx, scope, k); err != nil {
-				return err
-			}
-		}
+	if err = exec(addTotalsSQL, scope, b.Totals.Ham, b.Totals.Spam, b.Totals.Bias); err != nil {
+		return err
 	}
-	if _, err = tx.ExecContext(ctx, `INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
-		ON CONFLICT(scope) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, bias = bias + excluded.bias`,
-		scope, b.Totals.Ham, b.Totals.Spam, b.Totals.Bias); err != nil {
+	if err = exec(bumpVersionSQL, scope); err != nil {
 		return err
 	}
 	if l := b.Lesson; l != nil {
 		if l.Label == Unknown {
-			_, err = tx.ExecContext(ctx, `DELETE FROM classify_lessons WHERE scope = ? AND fp = ?`, scope, l.FP[:])
+			err = exec(forgetLessonSQL, scope, l.FP[:])
 		} else {
-			_, err = tx.ExecContext(ctx, `INSERT INTO classify_lessons(scope, fp, label, learned_at) VALUES(?,?,?,?)
-				ON CONFLICT(scope, fp) DO UPDATE SET label = excluded.label, learned_at = excluded.learned_at`,
-				scope, l.FP[:], int(l.Label), time.Now().Unix())
+			err = exec(putLessonSQL, scope, l.FP[:], int(l.Label), time.Now().Unix())
 		}
 		if err != nil {
 			return err
 		}
 	}
-	return tx.Commit()
+	err = tx.Commit()
+	s.invalidate(scope)
+	return err
+}
+
+// queryRow runs a one-row query with a kept statement.
+func (s *SQLStore) queryRow(ctx context.Context, q string, args []any, dest ...any) error {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
+	st, err := s.stmt(ctx, q)
+	if err != nil {
+		return err
+	}
+	return st.QueryRowContext(ctx, args...).Scan(dest...)
 }
 
 // Totals implements TokenStore.
 func (s *SQLStore) Totals(ctx context.Context, scope string) (Totals, error) {
 	var t Totals
-	err := s.db.QueryRowContext(ctx, `SELECT ham, spam, bias FROM classify_totals WHERE scope = ?`, scope).Scan(&t.Ham, &t.Spam, &t.Bias)
+	err := s.queryRow(ctx, totalsOneSQL, []any{scope}, &t.Ham, &t.Spam, &t.Bias)
 	if err == sql.ErrNoRows {
 		return Totals{}, nil
 	}
@@ -225,7 +631,7 @@ func (s *SQLStore) Totals(ctx context.Context, scope string) (Totals, error) {
 // Lesson implements TokenStore.
 func (s *SQLStore) Lesson(ctx context.Context, scope string, fp [32]byte) (Label, error) {
 	var l int
-	err := s.db.QueryRowContext(ctx, `SELECT label FROM classify_lessons WHERE scope = ? AND fp = ?`, scope, fp[:]).Scan(&l)
+	err := s.queryRow(ctx, lessonSQL, []any{scope, fp[:]}, &l)
 	if err == sql.ErrNoRows {
 		return Unknown, nil
 	}
@@ -235,6 +641,6 @@ func (s *SQLStore) Lesson(ctx context.Context, scope string, fp [32]byte) (Label
 // Size implements TokenStore.
 func (s *SQLStore) Size(ctx context.Context, scope string) (int64, error) {
 	var n int64
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM classify_tokens WHERE scope = ?`, scope).Scan(&n)
+	err := s.queryRow(ctx, sizeSQL, []any{scope}, &n)
 	return n, err
 }

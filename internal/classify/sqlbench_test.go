@@ -1,0 +1,111 @@
+package classify
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"moat.dev/moat/internal/message"
+	"moat.dev/moat/internal/store/sqlstore"
+)
+
+// trainedSQL returns a SQLite database holding a logreg model trained on
+// the first 1000 messages of the corpus (trained in memory, then copied
+// row by row), opened as moat serve opens it (sqlstore: WAL, the shared
+// pool) or as moat learn does (OpenSQLite), and messages to classify.
+func trainedSQL(b *testing.B, shared bool) (*SQLStore, []*message.Message) {
+	b.Helper()
+	all := corpus(b)
+	items := all[:1000]
+	ctx := context.Background()
+	mem := NewMemStore()
+	c, err := New(DefaultConfig(), mem)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, it := range items {
+		c.Learn(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), it.Label)
+	}
+	path := filepath.Join(b.TempDir(), "m.db")
+	var st *SQLStore
+	if shared {
+		s, err := sqlstore.OpenSQLite(ctx, path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		if err := Migrate(ctx, s.DB()); err != nil {
+			b.Fatal(err)
+		}
+		st = NewSQLStore(s.DB())
+	} else {
+		db, err := OpenSQLite(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { db.Close() })
+		if err := Migrate(ctx, db); err != nil {
+			b.Fatal(err)
+		}
+		st = NewSQLStore(db)
+	}
+	for name, sc := range mem.scopes {
+		var d []Delta
+		for k, r := range sc.rows {
+			d = append(d, Delta{Key: k, Ham: r.Ham, Spam: r.Spam, W: r.W, G: r.G})
+		}
+		if err := st.Update(ctx, name, Batch{Deltas: d, Totals: sc.totals}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Messages the model has not seen, each classified once per pass
+	// (with -benchtime up to 2000x: a stream of new mail).
+	msgs := make([]*message.Message, 0, 2000)
+	for _, it := range all[1000:min(len(all), 3000)] {
+		msgs = append(msgs, message.ParseBytes(it.Data, message.DefaultLimits()))
+	}
+	return st, msgs
+}
+
+// BenchmarkClassifySQL classifies with a trained model in SQLite from
+// many goroutines (as at end of DATA with 100 sessions): feature
+// extraction, the store's reads and scoring.
+func BenchmarkClassifySQL(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		shared bool
+		user   string
+	}{{"shared", true, ""}, {"shared-user", true, "bob@example.com"}, {"plain", false, ""}} {
+		b.Run(tc.name, func(b *testing.B) {
+			st, msgs := trainedSQL(b, tc.shared)
+			c, err := New(DefaultConfig(), st)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			var mu sync.Mutex
+			next := 0
+			b.SetParallelism(50) // 50 x GOMAXPROCS goroutines
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					mu.Lock()
+					m := msgs[next%len(msgs)]
+					next++
+					mu.Unlock()
+					r, err := c.Classify(ctx, tc.user, m, false)
+					if err != nil || !r.Trained {
+						b.Errorf("classify: %+v %v", r, err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+			if cs, ok := any(st).(interface{ CacheStats() (int64, int64) }); ok {
+				h, m := cs.CacheStats()
+				b.ReportMetric(float64(h)/float64(max(h+m, 1)), "cache-hit")
+			}
+		})
+	}
+}
