@@ -55,9 +55,13 @@ func startClamd() (*clamd, error) {
 		return nil, err
 	}
 	sock := filepath.Join(dir, "clamd.sock")
+	tmp := filepath.Join(dir, "tmp")
+	if d := os.Getenv("MOAT_BENCH_CLAMD_TMP"); d != "" {
+		tmp = d
+	}
 	conf := fmt.Sprintf("Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\nLogFile %s\nLogTime no\n"+
 		"StreamMaxLength 26214400\nScanArchive yes\nScanMail yes\nBytecode no\nMaxThreads 10\nSelfCheck 0\n",
-		sock, db, filepath.Join(dir, "tmp"), filepath.Join(dir, "clamd.log"))
+		sock, db, tmp, filepath.Join(dir, "clamd.log"))
 	if os.Geteuid() == 0 {
 		conf += "User root\n"
 	}
