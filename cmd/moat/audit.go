@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -53,9 +55,14 @@ func fromFile(path string) (*leakageConfig, error) {
 	return loadLeakageConfig(path)
 }
 
-func cmdAudit(args []string) int {
+func cmdAudit(args []string) int { return runAudit(args, os.Stdout, os.Stderr) }
+
+// runAudit is `moat audit`: exit 0 clean, 1 leaks found, 2 usage or
+// configuration error, or no leak found but something could not be checked.
+func runAudit(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	var gwHosts, gwIPs, backends, neighbours multiFlag
+	fs.SetOutput(stderr)
+	var gwHosts, gwIPs, backends, neighbours, probePorts multiFlag
 	cfgPath := fs.String("config", "", "configuration file")
 	fs.Var(&gwHosts, "gateway-host", "Moat's MX host name (repeatable)")
 	fs.Var(&gwIPs, "gateway-ip", "Moat's address or CIDR (repeatable)")
@@ -66,24 +73,40 @@ func cmdAudit(args []string) int {
 	canary := fs.Bool("send-canary", false, "with --probe: send a labelled canary message without a valid pass mark")
 	rcpt := fs.String("rcpt", "", "a real recipient to probe with (default postmaster@DOMAIN)")
 	smtpPort := fs.Int("smtp-port", 25, "the port probed as the SMTP port")
+	fs.Var(&probePorts, "probe-port", "port probed besides --smtp-port and the backend ports (repeatable; replaces the default 587, 465, 2525; 0 = none)")
 	sourceIP := fs.String("source-ip", "", "local address to probe from (must not be one of Moat's)")
 	timeout := fs.Duration("timeout", 10*time.Second, "timeout of each DNS query and probe step")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: moat audit [options] DOMAIN...\nexit status: 0 clean, 1 findings, 2 the audit could not run")
+		fmt.Fprintln(stderr, "usage: moat audit [options] DOMAIN...\nexit status: 0 clean, 1 leaks found (warning or critical),\n2 usage/configuration error or something could not be checked (DNS failure) and no leak found")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	// Flags may follow the domains too (moat audit example.com --json).
+	var domains []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		domains = append(domains, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(domains) == 0 {
+		fs.Usage()
 		return 2
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
+	fail := func(err error) int {
+		fmt.Fprintln(stderr, "moat audit:", err)
+		if *asJSON {
+			json.NewEncoder(stdout).Encode(map[string]any{"status": "error", "exit_code": 2, "error": err.Error()})
+		}
 		return 2
 	}
 	lc, err := fromFile(*cfgPath)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "moat audit:", err)
-		return 2
+		return fail(err)
 	}
 	cfg := lc.Audit
 	cfg.Gateway.Hostnames = append(cfg.Gateway.Hostnames, gwHosts...)
@@ -103,6 +126,18 @@ func cmdAudit(args []string) int {
 	if set["smtp-port"] {
 		cfg.SMTPPort = *smtpPort
 	}
+	if set["probe-port"] {
+		cfg.ProbePorts = nil
+		for _, p := range probePorts {
+			n, err := strconv.Atoi(p)
+			if err != nil || n < 0 || n > 65535 {
+				return fail(fmt.Errorf("--probe-port %q: not a port", p))
+			}
+			if n > 0 {
+				cfg.ProbePorts = append(cfg.ProbePorts, n)
+			}
+		}
+	}
 	if set["source-ip"] {
 		cfg.SourceAddress = *sourceIP
 	}
@@ -117,12 +152,11 @@ func cmdAudit(args []string) int {
 		for _, b := range backends {
 			host, port, err := splitHostPort(b, 25)
 			if err != nil {
-				fmt.Fprintf(os.Stderr, "moat audit: --backend %q: %v\n", b, err)
-				return 2
+				return fail(fmt.Errorf("--backend %q: %v", b, err))
 			}
 			bs = append(bs, audit.Backend{Host: host, Port: port})
 		}
-		for _, d := range fs.Args() {
+		for _, d := range domains {
 			d = strings.ToLower(strings.TrimSuffix(d, "."))
 			r := cfg.Routes[d]
 			r.Backends = append(r.Backends, bs...)
@@ -134,15 +168,15 @@ func cmdAudit(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := audit.Run(ctx, cfg, fs.Args())
+	rep, err := audit.Run(ctx, cfg, domains)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "moat audit:", err)
-		return 2
+		return fail(err)
 	}
 	if *asJSON {
-		err = rep.WriteJSON(os.Stdout)
+		err = rep.WriteJSON(stdout)
 	} else {
-		err = rep.WriteText(os.Stdout, isTerminal(os.Stdout) && os.Getenv("NO_COLOR") == "")
+		f, _ := stdout.(*os.File)
+		err = rep.WriteText(stdout, f != nil && isTerminal(f) && os.Getenv("NO_COLOR") == "")
 	}
 	if err != nil {
 		return 2

@@ -88,8 +88,8 @@ func TestQueueCLIDirect(t *testing.T) {
 	if code, _, _ = queueCLI(t, "--spool", cfg.SpoolDir, "delete", ids[0]); code != 0 {
 		t.Fatalf("delete: exit %d", code)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.SpoolDir, "ready", ids[0]+".env")); !os.IsNotExist(err) {
-		t.Fatalf("deleted env still there: %v", err)
+	if _, err := os.Stat(filepath.Join(cfg.SpoolDir, "ready", ids[0]+".eml")); !os.IsNotExist(err) {
+		t.Fatalf("deleted message still there: %v", err)
 	}
 	if code, _, _ = queueCLI(t, "--spool", cfg.SpoolDir, "delete", ids[0]); code != 1 {
 		t.Fatalf("delete again: exit %d", code)

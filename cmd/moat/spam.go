@@ -45,7 +45,7 @@ func cmdLearn(args []string) int {
 	dbPath := fs.String("db", classifierDB(), "SQLite database holding the model ($MOAT_DB)")
 	cfgPath := fs.String("config", "", "use the model and classifier settings of this Moat configuration (instead of --db)")
 	user := fs.String("user", "", "learn into this user's personal model instead of the site model")
-	alg := fs.String("classifier", "", "logreg | chi2 (default: logreg)")
+	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	quiet := fs.Bool("q", false, "print only the summary")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -147,7 +147,7 @@ func cmdClassify(args []string) int {
 	dbPath := fs.String("db", classifierDB(), "SQLite database holding the model ($MOAT_DB)")
 	cfgPath := fs.String("config", "", "use the model and classifier settings of this Moat configuration (instead of --db)")
 	user := fs.String("user", "", "score with this user's model (falls back to the site model)")
-	alg := fs.String("classifier", "", "logreg | chi2 (default: logreg)")
+	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -209,9 +209,9 @@ func cmdEval(args []string) int {
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
 	corpus := fs.String("corpus", "", "labelled corpus: .tar.gz (ham/, spam/ members), or a directory")
 	seed := fs.Uint64("seed", 1, "seed of the online order (see docs/classifier.md)")
-	alg := fs.String("classifier", "logreg", "logreg | chi2")
+	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	split := fs.Bool("split", false, "train on the first 50% of the order, test on the rest (instead of online)")
-	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's)")
+	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's, 0.99, where the bayes check alone tags)")
 	lr := fs.Float64("learning-rate", 0, "logreg learning rate (default: the classifier's)")
 	mode := fs.String("mode", "everything", "everything | on-error")
 	features := fs.String("features", "", "logreg features: grams | words | grams+words (default: grams)")
@@ -221,7 +221,7 @@ func cmdEval(args []string) int {
 		return 2
 	}
 	if *corpus == "" {
-		fmt.Fprintln(os.Stderr, "usage: moat eval --corpus FILE.tar.gz [--seed N] [--classifier logreg|chi2] [--split]")
+		fmt.Fprintln(os.Stderr, "usage: moat eval --corpus FILE.tar.gz [--seed N] [--classifier stack|logreg|chi2] [--split]")
 		return 2
 	}
 	var items []classify.Item
@@ -243,7 +243,9 @@ func cmdEval(args []string) int {
 		return 0
 	}
 	cfg := classify.DefaultConfig()
-	cfg.Algorithm = *alg
+	if *alg != "" {
+		cfg.Algorithm = *alg
+	}
 	cfg.TrainMode = *mode
 	if *threshold > 0 {
 		cfg.Threshold = *threshold

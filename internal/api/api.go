@@ -368,6 +368,16 @@ func (a *API) readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	return err
 }
 
+// bindJSON reads the body into v (see readJSON); on failure it writes the
+// error response and returns false.
+func (a *API) bindJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := a.readJSON(w, r, v); err != nil {
+		a.fail(w, r, err)
+		return false
+	}
+	return true
+}
+
 // decodeStrict decodes exactly one JSON value into v, rejecting unknown
 // fields and trailing data, with errors that name the field.
 func decodeStrict(r io.Reader, v any) error {
@@ -446,6 +456,17 @@ func (a *API) limit(r *http.Request) (int, error) {
 		return 0, badRequest("limit: must be 1-%d", a.cfg.MaxPageSize)
 	}
 	return n, nil
+}
+
+// page reads ?limit= and ?offset=.
+func (a *API) page(r *http.Request) (limit, off int, err error) {
+	if limit, err = a.limit(r); err != nil {
+		return 0, 0, err
+	}
+	if off, err = offset(r); err != nil {
+		return 0, 0, err
+	}
+	return limit, off, nil
 }
 
 func offset(r *http.Request) (int, error) {

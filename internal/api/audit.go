@@ -54,12 +54,7 @@ func (a *API) auditLog(w http.ResponseWriter, r *http.Request, p *principal) {
 	if !requireSite(w, p) {
 		return
 	}
-	limit, err := a.limit(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	off, err := offset(r)
+	limit, off, err := a.page(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return

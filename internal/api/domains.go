@@ -305,6 +305,28 @@ func (a *API) domain(ctx context.Context, p *principal, name string) (*store.Dom
 	return d, nil
 }
 
+// pathDomain returns the domain named by the URL's {name} (see domain); on
+// failure it writes the error response and returns false.
+func (a *API) pathDomain(w http.ResponseWriter, r *http.Request, p *principal) (*store.Domain, bool) {
+	d, err := a.domain(r.Context(), p, r.PathValue("name"))
+	if err != nil {
+		a.fail(w, r, err)
+		return nil, false
+	}
+	return d, true
+}
+
+// saveDomain stores d and records action on it in the audit log; on
+// failure it writes the error response and returns false.
+func (a *API) saveDomain(w http.ResponseWriter, r *http.Request, p *principal, d *store.Domain, action, detail string) bool {
+	if err := a.st.PutDomain(r.Context(), d); err != nil {
+		a.internal(w, r, err)
+		return false
+	}
+	a.audit(r, p, action, d.Name, detail)
+	return true
+}
+
 // scope returns the domains the caller may see; scoped is false for site
 // tokens (everything).
 func (a *API) scope(ctx context.Context, p *principal) (scoped bool, domains []string, err error) {
@@ -362,9 +384,8 @@ func (a *API) listDomains(w http.ResponseWriter, r *http.Request, p *principal) 
 }
 
 func (a *API) getDomain(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	j, err := domainJSON(d)
@@ -390,20 +411,29 @@ func ownPartner(p *principal, d *store.Domain) error {
 	return nil
 }
 
+// domainInput validates a domain sent by p and applies partner ownership
+// (see ownPartner).
+func (a *API) domainInput(p *principal, in *DomainJSON) (*store.Domain, error) {
+	d, err := validateDomain(in, a.deps.SitePolicy)
+	if err != nil {
+		return nil, err
+	}
+	if err := ownPartner(p, d); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
 func (a *API) createDomain(w http.ResponseWriter, r *http.Request, p *principal) {
 	if p.kind == roleDomain {
 		writeError(w, http.StatusForbidden, "domain tokens cannot create domains")
 		return
 	}
 	var in DomainJSON
-	if err := a.readJSON(w, r, &in); err != nil {
-		a.fail(w, r, err)
+	if !a.bindJSON(w, r, &in) {
 		return
 	}
-	d, err := validateDomain(&in, a.deps.SitePolicy)
-	if err == nil {
-		err = ownPartner(p, d)
-	}
+	d, err := a.domainInput(p, &in)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -416,11 +446,9 @@ func (a *API) createDomain(w http.ResponseWriter, r *http.Request, p *principal)
 		a.internal(w, r, err)
 		return
 	}
-	if err := a.st.PutDomain(r.Context(), d); err != nil {
-		a.internal(w, r, err)
+	if !a.saveDomain(w, r, p, d, "domain.create", domainSummary(d)) {
 		return
 	}
-	a.audit(r, p, "domain.create", d.Name, domainSummary(d))
 	a.respondDomain(w, r, http.StatusCreated, d.Name)
 }
 
@@ -457,14 +485,12 @@ func sameExceptPolicy(a, b *store.Domain) bool {
 }
 
 func (a *API) putDomain(w http.ResponseWriter, r *http.Request, p *principal) {
-	cur, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	cur, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	var in DomainJSON
-	if err := a.readJSON(w, r, &in); err != nil {
-		a.fail(w, r, err)
+	if !a.bindJSON(w, r, &in) {
 		return
 	}
 	if in.Name == "" {
@@ -473,10 +499,7 @@ func (a *API) putDomain(w http.ResponseWriter, r *http.Request, p *principal) {
 		writeError(w, http.StatusBadRequest, "name: %q does not match the URL (%s); domains cannot be renamed", in.Name, cur.Name)
 		return
 	}
-	d, err := validateDomain(&in, a.deps.SitePolicy)
-	if err == nil {
-		err = ownPartner(p, d)
-	}
+	d, err := a.domainInput(p, &in)
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -485,25 +508,22 @@ func (a *API) putDomain(w http.ResponseWriter, r *http.Request, p *principal) {
 		writeError(w, http.StatusForbidden, "domain tokens may change only the policy and the recipients of their domain")
 		return
 	}
-	if err := a.st.PutDomain(r.Context(), d); err != nil {
-		a.internal(w, r, err)
+	if !a.saveDomain(w, r, p, d, "domain.update", domainSummary(d)) {
 		return
 	}
-	a.audit(r, p, "domain.update", d.Name, domainSummary(d))
 	a.respondDomain(w, r, http.StatusOK, d.Name)
 }
 
 func (a *API) deleteDomain(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	if p.kind == roleDomain {
 		writeError(w, http.StatusForbidden, "domain tokens cannot delete domains")
 		return
 	}
-	err = a.st.DeleteDomain(r.Context(), d.Name)
+	err := a.st.DeleteDomain(r.Context(), d.Name)
 	if errors.Is(err, store.ErrNotFound) {
 		a.fail(w, r, errDomainNotFound)
 		return
@@ -519,9 +539,8 @@ func (a *API) deleteDomain(w http.ResponseWriter, r *http.Request, p *principal)
 // --- policy ---
 
 func (a *API) getPolicy(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	pj, err := policyOut(d.Policy)
@@ -536,14 +555,12 @@ func (a *API) getPolicy(w http.ResponseWriter, r *http.Request, p *principal) {
 }
 
 func (a *API) putPolicy(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	var raw json.RawMessage
-	if err := a.readJSON(w, r, &raw); err != nil {
-		a.fail(w, r, err)
+	if !a.bindJSON(w, r, &raw) {
 		return
 	}
 	if t := bytes.TrimSpace(raw); len(t) == 0 || t[0] != '{' {
@@ -556,25 +573,20 @@ func (a *API) putPolicy(w http.ResponseWriter, r *http.Request, p *principal) {
 		return
 	}
 	d.Policy = pol
-	if err := a.st.PutDomain(r.Context(), d); err != nil {
-		a.internal(w, r, err)
+	if !a.saveDomain(w, r, p, d, "policy.update", pol) {
 		return
 	}
-	a.audit(r, p, "policy.update", d.Name, pol)
 	a.getPolicy(w, r, p)
 }
 
 func (a *API) deletePolicy(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	d.Policy = ""
-	if err := a.st.PutDomain(r.Context(), d); err != nil {
-		a.internal(w, r, err)
+	if !a.saveDomain(w, r, p, d, "policy.delete", "") {
 		return
 	}
-	a.audit(r, p, "policy.delete", d.Name, "")
 	writeJSON(w, http.StatusNoContent, nil)
 }

@@ -54,10 +54,7 @@ func (a *API) trackingQuery(r *http.Request) (tracking.Query, error) {
 	v := r.URL.Query()
 	var q tracking.Query
 	var err error
-	if q.Limit, err = a.limit(r); err != nil {
-		return q, err
-	}
-	if q.Offset, err = offset(r); err != nil {
+	if q.Limit, q.Offset, err = a.page(r); err != nil {
 		return q, err
 	}
 	now := a.now()

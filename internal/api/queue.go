@@ -82,12 +82,7 @@ func (a *API) listQueue(w http.ResponseWriter, r *http.Request, p *principal) {
 		a.fail(w, r, errNoQueue)
 		return
 	}
-	limit, err := a.limit(r)
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	off, err := offset(r)
+	limit, off, err := a.page(r)
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -55,9 +55,8 @@ func recipientJSON(r store.Recipient) RecipientJSON {
 }
 
 func (a *API) listRecipients(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	limit, err := a.limit(r)
@@ -86,9 +85,8 @@ func (a *API) listRecipients(w http.ResponseWriter, r *http.Request, p *principa
 }
 
 func (a *API) getRecipient(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	local := strings.ToLower(r.PathValue("local"))
@@ -107,14 +105,12 @@ func (a *API) getRecipient(w http.ResponseWriter, r *http.Request, p *principal)
 }
 
 func (a *API) addRecipient(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	var in RecipientJSON
-	if err := a.readJSON(w, r, &in); err != nil {
-		a.fail(w, r, err)
+	if !a.bindJSON(w, r, &in) {
 		return
 	}
 	rc, err := validateRecipient("", &in, d.Name)
@@ -141,13 +137,12 @@ func (a *API) addRecipient(w http.ResponseWriter, r *http.Request, p *principal)
 }
 
 func (a *API) deleteRecipient(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	local := strings.ToLower(r.PathValue("local"))
-	err = a.st.DeleteRecipient(r.Context(), d.Name, local)
+	err := a.st.DeleteRecipient(r.Context(), d.Name, local)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, "recipient not found")
 		return
@@ -174,14 +169,12 @@ type replaceResult struct {
 // missing; the store has no transaction across calls, so a failure half
 // way leaves a mix (the answer is 500 and the call can be repeated).
 func (a *API) replaceRecipients(w http.ResponseWriter, r *http.Request, p *principal) {
-	d, err := a.domain(r.Context(), p, r.PathValue("name"))
-	if err != nil {
-		a.fail(w, r, err)
+	d, ok := a.pathDomain(w, r, p)
+	if !ok {
 		return
 	}
 	var in []RecipientJSON
-	if err := a.readJSON(w, r, &in); err != nil {
-		a.fail(w, r, err)
+	if !a.bindJSON(w, r, &in) {
 		return
 	}
 	if in == nil {

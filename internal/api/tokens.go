@@ -238,8 +238,7 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, p *principal) 
 		return
 	}
 	var req tokenRequest
-	if err := a.readJSON(w, r, &req); err != nil {
-		a.fail(w, r, err)
+	if !a.bindJSON(w, r, &req) {
 		return
 	}
 	tok, info, err := createToken(r.Context(), a.st, req.Role, req.Label, a.now())

@@ -115,10 +115,11 @@ func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
 	if err := add("rules", ru, err); err != nil {
 		return nil, err
 	}
-	if err := classify.Migrate(ctx, a.store.DB()); err != nil {
+	if err := classify.MigrateDriver(ctx, a.store.DB(), a.store.Driver()); err != nil {
 		return nil, fmt.Errorf("classifier tables: %w", err)
 	}
-	by, err := bayes.New(cc.Bayes, bayes.Deps{Store: classify.NewSQLStore(a.store.DB()), Log: a.log.With("check", "bayes"), Registerer: a.reg})
+	tokens := classify.NewSQLStoreWith(a.store.DB(), classify.SQLStoreOptions{Driver: a.store.Driver()})
+	by, err := bayes.New(cc.Bayes, bayes.Deps{Store: tokens, Log: a.log.With("check", "bayes"), Registerer: a.reg})
 	if err := add("bayes", by, err); err != nil {
 		return nil, err
 	}

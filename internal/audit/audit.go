@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"moat.dev/moat/internal/lockdown"
 )
 
 // Run audits domains. It returns an error only when the audit cannot run at
@@ -61,10 +63,12 @@ func Run(ctx context.Context, cfg Config, domains []string) (*Report, error) {
 		}
 		rep.Domains = append(rep.Domains, a.domain(ctx, d))
 		if ctx.Err() != nil {
+			rep.finish()
 			return rep, ctx.Err()
 		}
 	}
 	rep.Duration = time.Since(rep.Started)
+	rep.finish()
 	return rep, nil
 }
 
@@ -98,7 +102,11 @@ type cand struct {
 	sources []string
 	ports   map[int]bool
 	backend bool // a known mail server of the domain (route or leaking MX)
+	route   bool // a route backend (Moat relays there)
 	smtp    bool // answered SMTP with a 2xx greeting (probe)
+	accepts bool // accepted RCPT for the domain (probe)
+	open    bool // some probe did not end in a refusal (accepted, tempfail, error)
+	probed  bool
 	names   []string
 }
 
@@ -129,6 +137,47 @@ func addrList(as []netip.Addr) string {
 	return strings.Join(s, ", ")
 }
 
+// addrRecords renders the address records of name, or its CNAME.
+func addrRecords(name string, chain []string, as []netip.Addr) string {
+	if len(chain) > 0 {
+		return fmt.Sprintf("%s. IN CNAME %s.", name, chain[0])
+	}
+	var rs []string
+	for _, a := range as {
+		t := "A"
+		if a.Is6() {
+			t = "AAAA"
+		}
+		rs = append(rs, fmt.Sprintf("%s. IN %s %s", name, t, a))
+	}
+	return strings.Join(rs, "; ")
+}
+
+// resolution describes how name resolved: "a -> b -> 192.0.2.1, 2001:db8::1".
+func resolution(name string, chain []string, as []netip.Addr) string {
+	s := name
+	for _, c := range chain {
+		s += " -> " + c + " (CNAME)"
+	}
+	if len(as) == 0 {
+		return s + " -> no address"
+	}
+	return s + " -> " + addrList(as)
+}
+
+func (a *auditor) couldNotCheck(d *DomainReport, what string, err error) {
+	d.add(Finding{Severity: Warning, Kind: KindCouldNotCheck, Subject: what,
+		Explanation: fmt.Sprintf("The DNS lookup failed (%v), so this could not be checked: the domain is NOT known to be clean.", err),
+		Fix:         "Re-run the audit when the domain's name servers answer (SERVFAIL and timeouts also delay legitimate mail); check the resolver (--resolver).",
+		Evidence:    err.Error()})
+}
+
+type nameAddrs struct {
+	name  string // label, "@" for the apex, "*" for the wildcard
+	addrs []netip.Addr
+	chain []string
+}
+
 func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 	d := &DomainReport{Domain: domain, Findings: []Finding{}}
 	var cs candidates
@@ -137,126 +186,195 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 	if rcpt == "" {
 		rcpt = "postmaster@" + domain
 	}
-	var backendAddrs []netip.Addr
+	routePorts := map[int]bool{}
+	backendName := map[netip.Addr]string{}
 	for _, b := range route.Backends {
 		port := b.Port
 		if port == 0 {
 			port = 25
 		}
+		routePorts[port] = true
 		addrs, err := a.r.addrs(ctx, b.Host)
 		if err != nil {
-			d.Error = fmt.Sprintf("resolving backend %s: %v", b.Host, err)
-			return d
+			a.couldNotCheck(d, "route backend "+b.Host, err)
 		}
 		for _, ad := range addrs {
 			c := cs.add(ad, "route backend "+b.Host, port)
-			c.backend = true
-			backendAddrs = append(backendAddrs, ad)
+			c.backend, c.route = true, true
+			backendName[ad] = b.Host
 		}
 	}
 	if !routed {
-		d.add(Finding{Info, KindUnknownBackends, domain,
-			"Moat has no route for this domain, so its backend addresses are inferred from DNS only.",
-			"Add the domain and its backend to Moat, or audit it from the gateway's configuration (--config)."})
+		d.add(Finding{Severity: Info, Kind: KindUnknownBackends, Subject: domain,
+			Explanation: "Moat has no route for this domain, so its backend addresses are inferred from DNS only.",
+			Fix:         "Add the domain and its backend to Moat, or audit it from the gateway's configuration (--config), or give --backend."})
+	}
+	// what describes an address for evidence: "the route backend mbox.isp".
+	what := func(ad netip.Addr) string {
+		if n, ok := backendName[ad]; ok {
+			return fmt.Sprintf("%s is the route backend %s", ad, n)
+		}
+		if c, ok := cs.m[ad]; ok && c.backend {
+			return fmt.Sprintf("%s is a mail server of the domain (%s)", ad, strings.Join(c.sources, "; "))
+		}
+		return ""
 	}
 
 	// MX records.
 	mxs, err := a.r.mxs(ctx, domain)
+	mxFailed := false
 	if err != nil {
 		if errors.Is(err, errNXDomain) {
-			d.Error = "domain does not exist (NXDOMAIN)"
-		} else {
-			d.Error = err.Error()
+			d.Error = "domain does not exist (NXDOMAIN): could not check"
+			d.setStatus()
+			return d
 		}
-		return d
+		d.Error = "could not check the MX records: " + err.Error()
+		a.couldNotCheck(d, domain+". IN MX", err)
+		mxFailed = true
 	}
 	sort.SliceStable(mxs, func(i, j int) bool { return mxs[i].Pref < mxs[j].Pref })
-	moatMX := 0
+	moatMX, nullMX, realMX := 0, false, 0
 	gwList := strings.Join(a.cfg.Gateway.Hostnames, ", ")
 	if gwList == "" {
 		gwList = "Moat's MX hosts"
 	}
 	for _, m := range mxs {
 		if m.Host == "" {
-			d.add(Finding{Info, KindNullMX, fmt.Sprintf("MX %d .", m.Pref),
-				"The domain publishes a null MX: it accepts no mail at all.", "None, if the domain really receives no mail."})
+			nullMX = true
+		} else {
+			realMX++
+		}
+	}
+	if nullMX {
+		if realMX == 0 {
+			d.add(Finding{Severity: Info, Kind: KindNullMX, Subject: domain + ". IN MX 0 .", Record: domain + ". IN MX 0 .",
+				Explanation: "The domain publishes a null MX (RFC 7505): it accepts no mail at all, and senders must not fall back to its A/AAAA records.",
+				Fix:         "None, if the domain really receives no mail."})
+		} else {
+			d.add(Finding{Severity: Info, Kind: KindNullMX, Subject: domain + ". IN MX 0 .", Record: domain + ". IN MX 0 .",
+				Explanation: "The domain publishes a null MX together with other MX records, which RFC 7505 forbids; senders treat it inconsistently. The other MX records are audited below.",
+				Fix:         fmt.Sprintf("Delete the null MX record %q.", domain+". IN MX 0 .")})
+		}
+	}
+	mxNames := map[string]bool{}
+	for _, m := range mxs {
+		if m.Host == "" {
 			continue
 		}
+		mxNames[m.Host] = true
 		if a.gwNames[m.Host] {
 			moatMX++
 			continue
 		}
-		addrs, err := a.r.addrs(ctx, m.Host)
+		record := fmt.Sprintf("%s. IN MX %d %s.", domain, m.Pref, m.Host)
+		addrs, chain, err := a.r.resolve(ctx, m.Host)
 		if err != nil && !errors.Is(err, errNXDomain) {
-			d.Error = fmt.Sprintf("resolving MX %s: %v", m.Host, err)
-			return d
+			a.couldNotCheck(d, fmt.Sprintf("MX %d %s", m.Pref, m.Host), err)
+			if len(addrs) == 0 {
+				continue
+			}
 		}
+		_, litErr := netip.ParseAddr(strings.Trim(m.Host, "[]"))
+		literal := litErr == nil
 		allGW := len(addrs) > 0
+		var leakAddrs []netip.Addr
 		for _, ad := range addrs {
 			if !a.isGateway(ad) {
 				allGW = false
+				leakAddrs = append(leakAddrs, ad)
 			}
+		}
+		evidence := resolution(m.Host, chain, addrs)
+		var notes []string
+		for _, ad := range leakAddrs {
+			if w := what(ad); w != "" {
+				notes = append(notes, w)
+			}
+		}
+		if len(notes) > 0 {
+			evidence += "; " + strings.Join(notes, "; ")
 		}
 		if allGW {
 			moatMX++
+			if len(chain) > 0 || literal {
+				why := fmt.Sprintf("The MX target %s is a CNAME (RFC 2181 section 10.3 forbids it); it leads to Moat, but some senders will not deliver there.", m.Host)
+				if literal {
+					why = fmt.Sprintf("The MX target %s is an IP address, not a host name (RFC 5321 forbids it); it is Moat's address, but many senders will not deliver there.", m.Host)
+				}
+				d.add(Finding{Severity: Info, Kind: KindMXInvalid, Subject: "MX " + fmt.Sprint(m.Pref) + " " + m.Host, Record: record, Address: addrList(addrs), Evidence: evidence,
+					Explanation: why, Fix: fmt.Sprintf("Point the MX at %s directly.", gwList)})
+			}
 			continue
 		}
 		subject := fmt.Sprintf("MX %d %s", m.Pref, m.Host)
 		if len(addrs) > 0 {
 			subject += " (" + addrList(addrs) + ")"
 		}
-		for _, ad := range addrs {
-			if !a.isGateway(ad) {
-				c := cs.add(ad, "MX "+m.Host, 0)
-				c.backend = true
-			}
+		for _, ad := range leakAddrs {
+			c := cs.add(ad, "MX "+m.Host, 0)
+			c.backend = true
 		}
-		d.add(Finding{Critical, KindMXLeak, subject,
-			fmt.Sprintf("This MX is not one of Moat's hosts. Spammers ignore MX priorities and deliver to the lowest-priority MX on purpose, so mail sent to %s skips every Moat check.", m.Host),
-			fmt.Sprintf("Delete the record %q from the zone of %s; list only %s as MX. If you want a fallback, Moat queues mail itself; senders queue too when all MX are down.",
-				fmt.Sprintf("%s. IN MX %d %s.", domain, m.Pref, m.Host), domain, gwList)})
+		sev := Critical
+		why := fmt.Sprintf("This MX is not one of Moat's hosts. Spammers ignore MX priorities and deliver to the lowest-priority MX on purpose, so mail sent to %s skips every Moat check.", m.Host)
+		switch {
+		case len(addrs) == 0:
+			sev = Warning
+			why = fmt.Sprintf("This MX is not one of Moat's hosts and %s does not resolve now (dangling): whoever gets that name or address receives the domain's mail, and senders waste time on it.", m.Host)
+		case len(chain) > 0:
+			why += fmt.Sprintf(" Its target is also a CNAME (%s), which RFC 2181 forbids for MX targets.", strings.Join(chain, " -> "))
+		case literal:
+			why += " Its target is also an IP address literal, which RFC 5321 forbids; spammers use it anyway."
+		}
+		d.add(Finding{Severity: sev, Kind: KindMXLeak, Subject: subject, Record: record, Address: addrList(leakAddrs), Evidence: evidence,
+			Explanation: why,
+			Fix: fmt.Sprintf("Delete the record %q from the zone of %s; list only %s as MX. If you want a fallback, Moat queues mail itself; senders queue too when all MX are down.",
+				record, domain, gwList)})
 	}
-	if moatMX == 0 {
-		what := "None of the domain's MX records points at Moat"
+	if moatMX == 0 && !mxFailed && !(nullMX && realMX == 0) {
+		w := "None of the domain's MX records points at Moat"
 		if len(mxs) == 0 {
-			what = "The domain has no MX record, so senders deliver to its A/AAAA record"
+			w = "The domain has no MX record, so senders deliver to its A/AAAA record"
 		}
-		d.add(Finding{Critical, KindNotRouted, domain,
-			what + ": its mail is not filtered by Moat at all.",
-			fmt.Sprintf("Publish MX records pointing at %s only.", gwList)})
+		d.add(Finding{Severity: Critical, Kind: KindNotRouted, Subject: domain, Record: domain + ". IN MX",
+			Explanation: w + ": its mail is not filtered by Moat at all.",
+			Fix:         fmt.Sprintf("Publish MX records pointing at %s only.", gwList)})
 	}
 
-	// Guessable names, apex and SPF hints, in parallel.
-	type nameAddrs struct {
-		name  string
-		addrs []netip.Addr
-	}
+	// Guessable names, apex, wildcard and SPF hints, in parallel.
 	var (
 		mu    sync.Mutex
 		wg    sync.WaitGroup
 		named []nameAddrs
-		dnsEr error
 	)
-	lookup := func(name, source string) {
+	lookup := func(label, fqdn string) {
 		defer wg.Done()
-		a.sem <- struct{}{}
-		addrs, err := a.r.addrs(ctx, name)
+		select {
+		case a.sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		addrs, chain, err := a.r.resolve(ctx, fqdn)
 		<-a.sem
 		mu.Lock()
 		defer mu.Unlock()
-		if err != nil && !errors.Is(err, errNXDomain) && dnsEr == nil {
-			dnsEr = err
+		if err != nil && !errors.Is(err, errNXDomain) {
+			shown := fqdn
+			if label == "*" {
+				shown = "*." + domain + " (wildcard, probed as " + fqdn + ")"
+			}
+			a.couldNotCheck(d, shown, err)
 		}
 		if len(addrs) > 0 {
-			named = append(named, nameAddrs{source, addrs})
+			named = append(named, nameAddrs{label, addrs, chain})
 		}
 	}
-	wildLabel := "moat-audit-" + randHex(6)
+	wildName := "moat-audit-" + randHex(6) + "." + domain
 	wg.Add(2 + len(a.guess))
-	go lookup(wildLabel+"."+domain, "*")
-	go lookup(domain, "@")
+	go lookup("*", wildName)
+	go lookup("@", domain)
 	for _, g := range a.guess {
-		go lookup(g+"."+domain, g)
+		go lookup(g, g+"."+domain)
 	}
 	var spfHosts []spfHint
 	var spfErr error
@@ -266,66 +384,60 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		spfHosts, spfErr = a.spf(ctx, domain)
 	}()
 	wg.Wait()
-	if dnsEr == nil {
-		dnsEr = spfErr
+	if spfErr != nil {
+		a.couldNotCheck(d, "SPF record of "+domain, spfErr)
 	}
-	if dnsEr != nil {
-		d.Error = dnsEr.Error()
-		return d
-	}
+	sort.Slice(named, func(i, j int) bool { return named[i].name < named[j].name })
 	var wildcard []netip.Addr
 	for _, n := range named {
 		if n.name == "*" {
 			wildcard = n.addrs
 		}
 	}
-	isBackend := func(ad netip.Addr) bool {
-		c, ok := cs.m[ad]
-		return ok && c.backend
-	}
 	type guessHit struct {
-		fqdn  string
-		addrs []netip.Addr
+		fqdn, record, evidence string
+		addrs                  []netip.Addr
 	}
 	var guessed []guessHit
 	for _, n := range named {
+		fqdn := n.name + "." + domain
 		switch n.name {
 		case "@":
-			for _, ad := range n.addrs {
-				if !a.isGateway(ad) {
-					cs.add(ad, "apex "+domain, 0)
-				}
-			}
-			continue
+			fqdn = domain
 		case "*":
-			if len(wildcard) == 0 {
-				continue
-			}
+			fqdn = "*." + domain
 		default:
 			if len(wildcard) > 0 && sameAddrs(n.addrs, wildcard) {
 				continue // covered by the wildcard entry
 			}
+			if mxNames[fqdn] {
+				continue // an MX target: audited as such
+			}
 		}
-		fqdn := n.name + "." + domain
+		h := guessHit{fqdn: fqdn, record: addrRecords(fqdn, n.chain, n.addrs), evidence: resolution(fqdn, n.chain, n.addrs)}
 		if n.name == "*" {
-			fqdn = "*." + domain
+			h.evidence = resolution(wildName, n.chain, n.addrs) + " (any name resolves: wildcard)"
+			h.record = addrRecords(fqdn, nil, n.addrs)
+			if len(n.chain) > 0 {
+				h.record = fmt.Sprintf("%s. IN CNAME %s.", fqdn, n.chain[0])
+			}
 		}
-		var hit []netip.Addr
 		for _, ad := range n.addrs {
 			if a.isGateway(ad) {
 				continue
 			}
-			c := cs.add(ad, "name "+fqdn, 0)
-			c.names = append(c.names, fqdn)
-			if isBackend(ad) {
-				hit = append(hit, ad)
+			src := "name " + fqdn
+			if n.name == "@" {
+				src = "apex " + domain
 			}
+			c := cs.add(ad, src, 0)
+			c.names = append(c.names, fqdn)
+			h.addrs = append(h.addrs, ad)
 		}
-		if len(hit) > 0 {
-			guessed = append(guessed, guessHit{fqdn, hit})
+		if len(h.addrs) > 0 {
+			guessed = append(guessed, h)
 		}
 	}
-	sort.Slice(guessed, func(i, j int) bool { return guessed[i].fqdn < guessed[j].fqdn })
 	for _, h := range spfHosts {
 		if !a.isGateway(h.addr) {
 			cs.add(h.addr, "SPF "+h.source, 0)
@@ -333,6 +445,10 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 	}
 
 	// Partial domains: neighbours whose MX lands on one of our mail servers.
+	isBackend := func(ad netip.Addr) bool {
+		c, ok := cs.m[ad]
+		return ok && c.backend
+	}
 	partial := map[string]string{} // neighbour -> evidence
 	for _, nb := range a.cfg.NeighbourDomains {
 		nb = normName(nb)
@@ -344,13 +460,19 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		}
 		nmx, err := a.r.mxs(ctx, nb)
 		if err != nil {
+			if !errors.Is(err, errNXDomain) {
+				a.couldNotCheck(d, "MX of neighbour domain "+nb, err)
+			}
 			continue
 		}
 		for _, m := range nmx {
 			if m.Host == "" || a.gwNames[m.Host] {
 				continue
 			}
-			addrs, _ := a.r.addrs(ctx, m.Host)
+			addrs, err := a.r.addrs(ctx, m.Host)
+			if err != nil && !errors.Is(err, errNXDomain) {
+				a.couldNotCheck(d, "MX "+m.Host+" of neighbour domain "+nb, err)
+			}
 			for _, ad := range addrs {
 				if isBackend(ad) && !a.isGateway(ad) {
 					partial[nb] = fmt.Sprintf("its MX %s resolves to %s, one of this domain's mail servers", m.Host, ad)
@@ -360,40 +482,167 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 	}
 
 	// Probes.
+	var lockPorts map[netip.Addr]map[int]bool
 	if a.cfg.Probe {
-		a.probeAll(ctx, d, &cs, domain, rcpt, partial)
+		lockPorts = a.probeAll(ctx, d, &cs, domain, rcpt, routePorts, partial)
 	}
 
+	// Guessable names: a name pointing at a mail server of the domain (a
+	// route backend, a leaking MX, or an address that accepted the probe).
+	// When the probe found every such address locked, it is only info.
 	for _, g := range guessed {
-		d.add(Finding{Warning, KindGuessableName, fmt.Sprintf("%s (%s)", g.fqdn, addrList(g.addrs)),
-			fmt.Sprintf("%s points at this domain's mail server. Spammers try names like mail.%s and deliver to them directly, whatever the MX records say.", g.fqdn, domain),
-			fmt.Sprintf("Remove %s from the zone, or rename the server to a name not associated with mail (not mail/smtp/mx..., e.g. a neutral host name under your ISP's domain), and lock the backend down (moat lockdown).", g.fqdn)})
-	}
-	for _, ad := range cs.order {
-		c := cs.m[ad]
-		if c.backend || len(c.names) == 0 || !c.smtp {
+		var hit []netip.Addr
+		open := false
+		for _, ad := range g.addrs {
+			c := cs.m[ad]
+			if c.backend || c.accepts {
+				hit = append(hit, ad)
+				if !c.probed || c.open {
+					open = true
+				}
+			}
+		}
+		label := g.fqdn
+		if g.fqdn == domain {
+			label = domain + " (apex A/AAAA)"
+		}
+		var notes []string
+		for _, ad := range hit {
+			if w := what(ad); w != "" {
+				notes = append(notes, w)
+			} else if cs.m[ad].accepts {
+				notes = append(notes, ad.String()+" accepted RCPT for the domain")
+			}
+		}
+		ev := g.evidence
+		if len(notes) > 0 {
+			ev += "; " + strings.Join(notes, "; ")
+		}
+		if len(hit) > 0 {
+			sev, why := Warning, fmt.Sprintf("%s points at this domain's mail server. Spammers try names like mail.%s (and the domain itself) and deliver to them directly, whatever the MX records say.", g.fqdn, domain)
+			if g.fqdn == domain {
+				why = fmt.Sprintf("The domain's own A/AAAA record points at its mail server: spammers deliver to %s directly, whatever the MX records say.", domain)
+			}
+			if strings.HasPrefix(g.fqdn, "*.") {
+				why = fmt.Sprintf("A wildcard record makes every name under %s (mail., smtp., anything a spammer guesses) resolve to this domain's mail server.", domain)
+			}
+			if !open {
+				sev = Info
+				why += " The probe found it locked (every connection from a non-Moat address was refused), so this only tells spammers where the server is."
+			}
+			d.add(Finding{Severity: sev, Kind: KindGuessableName, Subject: fmt.Sprintf("%s (%s)", label, addrList(hit)), Record: g.record, Address: addrList(hit), Evidence: ev,
+				Explanation: why,
+				Fix: fmt.Sprintf("Remove %q from the zone, or rename the server to a name not associated with mail (not mail/smtp/mx..., e.g. a neutral host name under your ISP's domain), and lock the backend down (%s).",
+					g.record, a.lockdownCommand(hit, nil, routePorts))})
 			continue
 		}
-		d.add(Finding{Warning, KindGuessableName, fmt.Sprintf("%s (%s)", strings.Join(c.names, ", "), ad),
-			fmt.Sprintf("%s answers SMTP on port %d: spammers guessing the name find a mail server.", strings.Join(c.names, ", "), a.cfg.SMTPPort),
-			"Remove or rename the name, or stop the SMTP service there from accepting connections from outside Moat."})
+		// Not a known mail server: only interesting if it answers SMTP.
+		var smtpAddrs []netip.Addr
+		for _, ad := range g.addrs {
+			if cs.m[ad].smtp {
+				smtpAddrs = append(smtpAddrs, ad)
+			}
+		}
+		if len(smtpAddrs) > 0 {
+			d.add(Finding{Severity: Info, Kind: KindGuessableName, Subject: fmt.Sprintf("%s (%s)", label, addrList(smtpAddrs)), Record: g.record, Address: addrList(smtpAddrs), Evidence: ev,
+				Explanation: fmt.Sprintf("%s answers SMTP but refused mail for %s from a non-Moat address: not a leak, but spammers guessing the name find a mail server.", g.fqdn, domain),
+				Fix:         "Rename the host to a name not associated with mail, or keep it refusing mail for the domain."})
+		}
 	}
+
+	// SPF hints (informational): the record names a mail server of the domain.
+	seenSPF := map[netip.Addr]bool{}
+	for _, h := range spfHosts {
+		c, ok := cs.m[h.addr]
+		if !ok || seenSPF[h.addr] || !(c.backend || c.accepts) {
+			continue
+		}
+		seenSPF[h.addr] = true
+		ev := fmt.Sprintf("SPF term %s -> %s", h.source, h.addr)
+		if w := what(h.addr); w != "" {
+			ev += "; " + w
+		}
+		d.add(Finding{Severity: Info, Kind: KindSPFReveals, Subject: fmt.Sprintf("SPF %s (%s)", h.source, h.addr), Address: h.addr.String(), Evidence: ev,
+			Record:      domain + ". IN TXT \"v=spf1 ... " + h.source + " ...\"",
+			Explanation: "The SPF record names this mail server of the domain as a sender: anyone reading the record learns where the backend is. Not a leak by itself, as long as the backend is locked down.",
+			Fix:         "Send outbound mail through a host that does not receive mail, or make sure the backend refuses mail from non-Moat clients (moat lockdown)."})
+	}
+
 	nbs := make([]string, 0, len(partial))
 	for nb := range partial {
 		nbs = append(nbs, nb)
 	}
 	sort.Strings(nbs)
 	for _, nb := range nbs {
-		d.add(Finding{Warning, KindPartialDomain, nb,
-			fmt.Sprintf("%s shares this domain's backend but is not routed through Moat (%s). A firewall lockdown of the backend to Moat's addresses would bounce its mail.", nb, partial[nb]),
-			fmt.Sprintf("Do not firewall the backend. Per domain instead: remove MX records of %s that point at the backend, rename guessable host names, and run `moat milter` on the backend so unmarked mail for %s is refused. Or route %s through Moat too, then lock down.", domain, domain, nb)})
+		d.add(Finding{Severity: Warning, Kind: KindPartialDomain, Subject: nb, Evidence: partial[nb],
+			Explanation: fmt.Sprintf("%s shares this domain's backend but is not routed through Moat (%s). A firewall lockdown of the backend to Moat's addresses would bounce its mail.", nb, partial[nb]),
+			Fix:         fmt.Sprintf("Do not firewall the backend. Per domain instead: remove MX records of %s that point at the backend, rename guessable host names, and run `moat milter` on the backend so unmarked mail for %s is refused. Or route %s through Moat too, then lock down.", domain, domain, nb)})
+	}
+	if len(lockPorts) > 0 && len(partial) == 0 {
+		d.Lockdown = a.lockdownRules(domain, lockPorts)
 	}
 	for _, ad := range cs.order {
 		c := cs.m[ad]
 		srcs := append([]string(nil), c.sources...)
 		d.Candidates = append(d.Candidates, Candidate{Addr: ad.String(), Sources: srcs})
 	}
+	d.setStatus()
 	return d
+}
+
+// gatewayAddrs are Moat's addresses as strings (configured and resolved).
+func (a *auditor) gatewayAddrs() []string {
+	var out []string
+	for _, p := range a.gw {
+		if !slices.Contains(out, p.String()) {
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+// lockdownCommand is the `moat lockdown` command line closing the given
+// addresses' ports (default: 25 and the route ports).
+func (a *auditor) lockdownCommand(addrs []netip.Addr, ports []int, routePorts map[int]bool) string {
+	if len(ports) == 0 {
+		ports = []int{25}
+		for p := range routePorts {
+			if !slices.Contains(ports, p) {
+				ports = append(ports, p)
+			}
+		}
+		sort.Ints(ports)
+	}
+	var b strings.Builder
+	b.WriteString("moat lockdown --format nftables")
+	for _, g := range a.gatewayAddrs() {
+		b.WriteString(" --gateway-ip " + g)
+	}
+	for _, p := range ports {
+		b.WriteString(fmt.Sprintf(" --backend %s", hostPort(addrs[0], p)))
+	}
+	b.WriteString(" > moat-lockdown.nft && nft -f moat-lockdown.nft   # on ")
+	b.WriteString(addrList(addrs))
+	return b.String()
+}
+
+// lockdownRules generates the nftables lockdown for the leaking ports.
+func (a *auditor) lockdownRules(domain string, lockPorts map[netip.Addr]map[int]bool) string {
+	cfg := lockdown.DefaultConfig()
+	cfg.Gateway = a.gatewayAddrs()
+	cfg.Domain = domain
+	for _, ps := range lockPorts {
+		for p := range ps {
+			if !slices.Contains(cfg.Ports, p) {
+				cfg.Ports = append(cfg.Ports, p)
+			}
+		}
+	}
+	var b strings.Builder
+	if err := lockdown.Generate(&b, lockdown.NFTables, cfg); err != nil {
+		return ""
+	}
+	return b.String()
 }
 
 func sameAddrs(a, b []netip.Addr) bool {

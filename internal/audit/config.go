@@ -37,9 +37,15 @@ type Route struct {
 
 // DefaultGuessNames are the host labels spammers try under a domain.
 var DefaultGuessNames = []string{
-	"mail", "smtp", "imap", "imap4", "pop", "pop3", "email", "post", "mx", "mx1", "mx2",
-	"relay", "webmail", "exchange", "owa", "autodiscover", "mailhost", "remote", "server",
+	"mail", "mail1", "mail2", "smtp", "smtp1", "smtp2", "imap", "imap4", "pop", "pop3",
+	"email", "post", "mx", "mx0", "mx1", "mx2", "mx3", "relay", "mailrelay", "webmail",
+	"exchange", "owa", "autodiscover", "mailhost", "mailgw", "mta", "remote", "server",
+	"backup", "backupmx", "inbound",
 }
+
+// DefaultProbePorts are probed besides smtp_port and the routes' ports:
+// submission, submissions (implicit TLS) and the common alternative port.
+var DefaultProbePorts = []int{587, 465, 2525}
 
 // Config controls an audit run.
 type Config struct {
@@ -65,6 +71,10 @@ type Config struct {
 	SendCanary bool `yaml:"send_canary"`
 	// SMTPPort is the port probed as "port 25" (overridable for tests).
 	SMTPPort int `yaml:"smtp_port"`
+	// ProbePorts are probed too on every candidate address, besides
+	// smtp_port and the ports Moat relays the domain to. Port 465 is
+	// spoken with implicit TLS (falling back to plain SMTP).
+	ProbePorts []int `yaml:"probe_ports"`
 	// ProbeFrom is the envelope sender of probes.
 	ProbeFrom string `yaml:"probe_from"`
 	// HeloName is the EHLO name of probes.
@@ -83,6 +93,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		SMTPPort:    25,
+		ProbePorts:  append([]int(nil), DefaultProbePorts...),
 		ProbeFrom:   "moat-audit@invalid.example",
 		HeloName:    "moat-audit.invalid",
 		Timeout:     10 * time.Second,
@@ -109,6 +120,11 @@ func (c *Config) Validate() error {
 	}
 	if c.SMTPPort < 1 || c.SMTPPort > 65535 {
 		return fmt.Errorf("smtp_port: must be 1-65535")
+	}
+	for _, p := range c.ProbePorts {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("probe_ports: %d is not a TCP port", p)
+		}
 	}
 	if c.Timeout < 100*time.Millisecond {
 		return fmt.Errorf("timeout: must be >= 100ms")

@@ -124,14 +124,25 @@ func (r *resolver) exchange(ctx context.Context, name string, qtype uint16) ([]d
 // chains. A name without addresses gives (nil, nil); a name that does not
 // exist gives errNXDomain.
 func (r *resolver) addrs(ctx context.Context, name string) ([]netip.Addr, error) {
+	a, _, err := r.resolve(ctx, name)
+	return a, err
+}
+
+// resolve is addrs that also returns the CNAME chain followed (the names
+// after name, in order; empty when name has its own addresses).
+func (r *resolver) resolve(ctx context.Context, name string) ([]netip.Addr, []string, error) {
 	if a, err := netip.ParseAddr(strings.Trim(name, "[]")); err == nil {
-		return []netip.Addr{a.Unmap()}, nil
+		return []netip.Addr{a.Unmap()}, nil, nil
 	}
 	var out []netip.Addr
+	var chain []string
 	nx := 0
 	var firstErr error
 	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		got, err := r.follow(ctx, name, qt)
+		got, ch, err := r.follow(ctx, name, qt)
+		if len(ch) > len(chain) {
+			chain = ch
+		}
 		switch {
 		case errors.Is(err, errNXDomain):
 			nx++
@@ -142,28 +153,51 @@ func (r *resolver) addrs(ctx context.Context, name string) ([]netip.Addr, error)
 		}
 		out = append(out, got...)
 	}
-	if len(out) > 0 {
-		return out, nil
-	}
+	// A failed lookup of one family makes the answer incomplete: report
+	// it, even when the other family answered (an unchecked AAAA may be
+	// the leak).
 	if firstErr != nil {
-		return nil, firstErr
+		return out, chain, firstErr
+	}
+	if len(out) > 0 {
+		return out, chain, nil
 	}
 	if nx == 2 {
-		return nil, errNXDomain
+		return nil, chain, errNXDomain
 	}
-	return nil, nil
+	return nil, chain, nil
 }
 
-func (r *resolver) follow(ctx context.Context, name string, qt uint16) ([]netip.Addr, error) {
+// follow resolves name/qt, following CNAMEs both inside one answer (a
+// recursive server's) and across queries (an authoritative server's).
+func (r *resolver) follow(ctx context.Context, name string, qt uint16) ([]netip.Addr, []string, error) {
 	cur := dns.Fqdn(strings.ToLower(name))
+	var chain []string
 	for hop := 0; hop < 8; hop++ {
 		rrs, _, err := r.query(ctx, cur, qt)
 		if err != nil {
-			return nil, err
+			return nil, chain, err
+		}
+		cn := map[string]string{}
+		for _, rr := range rrs {
+			if v, ok := rr.(*dns.CNAME); ok {
+				cn[strings.ToLower(v.Hdr.Name)] = strings.ToLower(dns.Fqdn(v.Target))
+			}
+		}
+		moved := false
+		for i := 0; i < 8; i++ {
+			t, ok := cn[cur]
+			if !ok || t == cur {
+				break
+			}
+			chain = append(chain, strings.TrimSuffix(t, "."))
+			cur, moved = t, true
 		}
 		var out []netip.Addr
-		next := ""
 		for _, rr := range rrs {
+			if !strings.EqualFold(rr.Header().Name, cur) {
+				continue
+			}
 			switch v := rr.(type) {
 			case *dns.A:
 				if a, ok := netip.AddrFromSlice(v.A.To4()); ok {
@@ -173,18 +207,15 @@ func (r *resolver) follow(ctx context.Context, name string, qt uint16) ([]netip.
 				if a, ok := netip.AddrFromSlice(v.AAAA); ok {
 					out = append(out, a.Unmap())
 				}
-			case *dns.CNAME:
-				if strings.EqualFold(v.Hdr.Name, cur) {
-					next = strings.ToLower(v.Target)
-				}
 			}
 		}
-		if len(out) > 0 || next == "" {
-			return out, nil
+		if len(out) > 0 || !moved {
+			return out, chain, nil
 		}
-		cur = next
+		// The answer ended at a CNAME target without its addresses: ask
+		// for the target.
 	}
-	return nil, &errDNS{name, dns.TypeToString[qt], errors.New("CNAME chain too long")}
+	return nil, chain, &errDNS{name, dns.TypeToString[qt], errors.New("CNAME chain too long")}
 }
 
 // mx is one MX record.

@@ -59,6 +59,16 @@ const (
 	KindInconclusive    = "probe_inconclusive"
 	KindNullMX          = "null_mx"
 	KindUnknownBackends = "no_route"
+	KindMXInvalid       = "mx_invalid"      // MX target is a CNAME or an IP literal (RFC 2181, 5321)
+	KindSPFReveals      = "spf_reveals"     // the SPF record names a mail server of the domain
+	KindCouldNotCheck   = "could_not_check" // a lookup failed (SERVFAIL, timeout): the audit is incomplete
+)
+
+// Domain and run statuses (DomainReport.Status, Report.Status).
+const (
+	StatusClean      = "clean"           // nothing above info, everything checked
+	StatusLeaks      = "leaks"           // at least one warning or critical finding
+	StatusIncomplete = "could_not_check" // no leak found, but something could not be checked
 )
 
 // Finding is one problem (or one observation) about a domain.
@@ -68,7 +78,20 @@ type Finding struct {
 	Subject     string   `json:"subject"`     // the record, host or address concerned
 	Explanation string   `json:"explanation"` // why it matters
 	Fix         string   `json:"fix"`         // what exactly to change
+	// Record is the DNS record concerned, in zone-file form, if any.
+	Record string `json:"record,omitempty"`
+	// Address is the address (or address:port) concerned, if any.
+	Address string `json:"address,omitempty"`
+	// Evidence is what proves it: the resolution chain, or the summary of
+	// the SMTP exchange of the probe.
+	Evidence string `json:"evidence,omitempty"`
+	// Lockdown is the command that generates the backend configuration
+	// closing this leak, if a lockdown applies.
+	Lockdown string `json:"lockdown,omitempty"`
 }
+
+// leak reports whether the finding is a leak (counts for exit status 1).
+func (f Finding) leak() bool { return f.Severity >= Warning && f.Kind != KindCouldNotCheck }
 
 // Candidate is an address that may be a backend, and why we think so.
 type Candidate struct {
@@ -81,6 +104,9 @@ type Probe struct {
 	Target  string `json:"target"` // addr:port
 	Outcome string `json:"outcome"`
 	Reply   string `json:"reply,omitempty"` // the deciding server reply or error
+	// Transcript is the SMTP exchange, one line per command ("C: ") or
+	// reply ("S: "), replies shortened.
+	Transcript []string `json:"transcript,omitempty"`
 }
 
 // Probe outcomes.
@@ -98,12 +124,55 @@ const (
 
 // DomainReport is the audit of one domain.
 type DomainReport struct {
-	Domain     string      `json:"domain"`
+	Domain string `json:"domain"`
+	// Status is clean, leaks or could_not_check (see the Status constants).
+	Status     string      `json:"status"`
 	Findings   []Finding   `json:"findings"`
 	Candidates []Candidate `json:"candidates,omitempty"`
 	Probes     []Probe     `json:"probes,omitempty"`
-	// Error is set when the domain could not be audited (DNS failure).
+	// Error is set when the domain could not be audited at all (its MX
+	// lookup failed, or it does not exist).
 	Error string `json:"error,omitempty"`
+	// Lockdown is `moat lockdown` output (nftables) closing this domain's
+	// direct-reachability leaks, when there are any and no partial domain
+	// forbids a firewall.
+	Lockdown string `json:"lockdown_nftables,omitempty"`
+}
+
+// Leaks counts the findings of severity warning or worse (not counting
+// could_not_check).
+func (d *DomainReport) Leaks() int {
+	n := 0
+	for _, f := range d.Findings {
+		if f.leak() {
+			n++
+		}
+	}
+	return n
+}
+
+// Incomplete reports whether something of the domain could not be checked.
+func (d *DomainReport) Incomplete() bool {
+	if d.Error != "" {
+		return true
+	}
+	for _, f := range d.Findings {
+		if f.Kind == KindCouldNotCheck {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *DomainReport) setStatus() {
+	switch {
+	case d.Leaks() > 0:
+		d.Status = StatusLeaks
+	case d.Incomplete():
+		d.Status = StatusIncomplete
+	default:
+		d.Status = StatusClean
+	}
 }
 
 // Worst returns the highest severity among the findings (Info if none).
@@ -119,6 +188,10 @@ func (d *DomainReport) add(f Finding) { d.Findings = append(d.Findings, f) }
 
 // Report is the result of one audit run.
 type Report struct {
+	// Status is leaks if any domain has leaks, else could_not_check if any
+	// domain is incomplete, else clean. ExitCode maps it to 1, 2, 0.
+	Status   string          `json:"status"`
+	Code     int             `json:"exit_code"`
 	Started  time.Time       `json:"started"`
 	Duration time.Duration   `json:"duration_ns"`
 	Probed   bool            `json:"probed"`
@@ -138,40 +211,54 @@ func (r *Report) Count(s Severity) int {
 	return n
 }
 
-// Failed reports whether some domain could not be audited.
+// Failed reports whether something of some domain could not be checked.
 func (r *Report) Failed() bool {
 	for _, d := range r.Domains {
-		if d.Error != "" {
+		if d.Incomplete() {
 			return true
 		}
 	}
 	return false
 }
 
-// ExitCode is the CLI convention: 0 clean (info only), 1 warning or worse,
-// 2 the audit could not run for some domain.
+// finish computes the statuses and the exit code.
+func (r *Report) finish() {
+	leaks := false
+	for _, d := range r.Domains {
+		d.setStatus()
+		leaks = leaks || d.Status == StatusLeaks
+	}
+	switch {
+	case leaks:
+		r.Status, r.Code = StatusLeaks, 1
+	case r.Failed():
+		r.Status, r.Code = StatusIncomplete, 2
+	default:
+		r.Status, r.Code = StatusClean, 0
+	}
+}
+
+// ExitCode is the CLI convention: 0 clean (info only, everything checked), 1
+// at least one leak (a warning or critical finding; other checks may have
+// failed too), 2 no leak found but something could not be checked (DNS
+// SERVFAIL, timeout, NXDOMAIN): never "clean".
 func (r *Report) ExitCode() int {
-	if r.Failed() {
-		return 2
-	}
-	if r.Count(Warning)+r.Count(Critical) > 0 {
-		return 1
-	}
-	return 0
+	r.finish()
+	return r.Code
 }
 
 // Summary is a one-line summary.
 func (r *Report) Summary() string {
 	failed := 0
 	for _, d := range r.Domains {
-		if d.Error != "" {
+		if d.Incomplete() {
 			failed++
 		}
 	}
 	s := fmt.Sprintf("%d domain(s) audited: %d critical, %d warning, %d info", len(r.Domains),
 		r.Count(Critical), r.Count(Warning), r.Count(Info))
 	if failed > 0 {
-		s += fmt.Sprintf(", %d could not be audited", failed)
+		s += fmt.Sprintf(", %d could not be fully checked (NOT clean)", failed)
 	}
 	if !r.Probed {
 		s += " (no --probe: direct reachability not tested)"
@@ -213,14 +300,20 @@ func (r *Report) WriteText(w io.Writer, color bool) error {
 		}
 		fs := append([]Finding(nil), d.Findings...)
 		sort.SliceStable(fs, func(i, j int) bool { return fs[i].Severity > fs[j].Severity })
-		if len(fs) == 0 && d.Error == "" {
+		if d.Leaks() == 0 && !d.Incomplete() {
 			fmt.Fprintf(&b, "  %s no leaks found\n", c(ansiGreen, "OK"))
 		}
 		for _, f := range fs {
 			tag := strings.ToUpper(f.Severity.String())
 			fmt.Fprintf(&b, "  %s [%s] %s\n", c(sevColor[f.Severity], fmt.Sprintf("%-8s", tag)), f.Kind, f.Subject)
 			fmt.Fprintf(&b, "      why: %s\n", f.Explanation)
+			if f.Evidence != "" {
+				fmt.Fprintf(&b, "      evidence: %s\n", f.Evidence)
+			}
 			fmt.Fprintf(&b, "      fix: %s\n", strings.ReplaceAll(f.Fix, "\n", "\n           "))
+			if f.Lockdown != "" {
+				fmt.Fprintf(&b, "      lockdown: %s\n", f.Lockdown)
+			}
 		}
 		if len(d.Probes) > 0 {
 			fmt.Fprintf(&b, "  probes:\n")

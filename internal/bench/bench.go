@@ -438,9 +438,9 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		if err != nil {
 			return nil, fmt.Errorf("full profile: %w", err)
 		}
-		defer c.stop()
-		env.Clamd = c.addr
-		clamdPID = c.pid()
+		defer c.Close()
+		env.Clamd = c.Unix
+		clamdPID = c.PID()
 	}
 	runs := max(o.Runs, 1)
 	logRow := func(r Row) {

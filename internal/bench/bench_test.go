@@ -44,3 +44,29 @@ func TestCPUTimeOfSelf(t *testing.T) {
 		t.Fatal("cpu time of no process")
 	}
 }
+
+func TestStartClamdHonoursTempDirEnv(t *testing.T) {
+	if _, err := tool("clamd"); err != nil {
+		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	tmp := t.TempDir()
+	t.Setenv("MOAT_BENCH_CLAMD_TMP", tmp)
+	c, err := startClamd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.TCP != "" || !strings.HasPrefix(c.Unix, "unix:/") || c.PID() <= 0 {
+		t.Fatalf("clamd %q pid %d", c.Addrs, c.PID())
+	}
+	conf, err := os.ReadFile(c.Dir + "/clamd.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(conf), "TemporaryDirectory "+tmp+"\n") {
+		t.Fatalf("MOAT_BENCH_CLAMD_TMP not used:\n%s", conf)
+	}
+}

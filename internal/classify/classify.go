@@ -1,8 +1,11 @@
 // Package classify is Moat's self-learning statistical spam classifier.
 //
-// Two methods are implemented over the same feature extractor and store:
+// Three methods are implemented over the same feature extractor and store:
 //
-//   - "logreg" (default): online logistic regression over hashed sparse
+//   - "stack" (default): the two below, combined by a tiny online logistic
+//     regression trained on each lesson's scores before learning it (an
+//     online Platt calibration; see stack.go).
+//   - "logreg": online logistic regression over hashed sparse
 //     binary features (character 4-grams, header tokens, URL and structure
 //     features), hashed into 2^hash_bits buckets, trained by stochastic
 //     gradient descent on every message (or train-on-error with a margin).
@@ -27,8 +30,10 @@ import (
 
 // Config is the classifier's configuration.
 type Config struct {
-	// Algorithm is "logreg" (online logistic regression, default) or "chi2"
-	// (Robinson/Fisher chi-square, bogofilter-like).
+	// Algorithm is "stack" (default: logreg and chi2 combined by an online,
+	// calibrated stacker), "logreg" (online logistic regression over
+	// character 4-grams) or "chi2" (Robinson/Fisher chi-square over words,
+	// bogofilter-like).
 	Algorithm string `yaml:"algorithm"`
 	// MinHam and MinSpam: the classifier stays silent (no score) until the
 	// model has learned at least this many ham and spam messages.
@@ -55,7 +60,9 @@ type Config struct {
 	// lesson only when the model got it wrong or was unsure: TONE).
 	TrainMode string `yaml:"train_mode"`
 	// Threshold: a message whose spam probability is >= threshold counts as
-	// spam for the FP/FN figures of moat eval and the verdict of moat classify.
+	// spam for the FP/FN figures of moat eval and the verdict of moat
+	// classify. The default, TagProb (0.99), is where the bayes check alone
+	// reaches the default tag score (5 points, BAYES_99).
 	Threshold float64 `yaml:"threshold"`
 	// MaxWords: body words considered per message.
 	MaxWords int `yaml:"max_words"`
@@ -64,7 +71,7 @@ type Config struct {
 // DefaultConfig returns the production defaults.
 func DefaultConfig() Config {
 	return Config{
-		Algorithm:    "logreg",
+		Algorithm:    "stack",
 		MinHam:       50,
 		MinSpam:      50,
 		MinUserTrain: 200,
@@ -73,7 +80,7 @@ func DefaultConfig() Config {
 		Adaptive:     true,
 		Features:     "grams",
 		TrainMode:    "everything",
-		Threshold:    0.5,
+		Threshold:    TagProb,
 		MaxWords:     3000,
 	}
 }
@@ -81,9 +88,9 @@ func DefaultConfig() Config {
 // Validate checks the configuration; errors name the key.
 func (c *Config) Validate() error {
 	switch c.Algorithm {
-	case "logreg", "chi2":
+	case "stack", "logreg", "chi2":
 	default:
-		return fmt.Errorf("algorithm: %q is not one of logreg, chi2", c.Algorithm)
+		return fmt.Errorf("algorithm: %q is not one of stack, logreg, chi2", c.Algorithm)
 	}
 	if c.MinHam < 0 {
 		return errors.New("min_ham: must be >= 0")
@@ -123,6 +130,7 @@ type Classifier struct {
 	store TokenStore
 	alg   algorithm
 	fs    FeatureSet
+	words *Classifier // stack: the word-count (chi2) model; nil otherwise
 }
 
 // New returns a classifier over store.
@@ -147,6 +155,15 @@ func New(cfg Config, store TokenStore) (*Classifier, error) {
 	}
 	c.fs = c.alg.featureSet()
 	c.fs.MaxWords = cfg.MaxWords
+	if cfg.Algorithm == "stack" {
+		wc := cfg
+		wc.Algorithm = "chi2"
+		w, err := New(wc, store)
+		if err != nil {
+			return nil, err
+		}
+		c.words = w
+	}
 	return c, nil
 }
 
@@ -229,6 +246,9 @@ func (c *Classifier) userTrained(t Totals) bool {
 // Classify scores m for user ("" = site model). explain asks for the ten
 // strongest features.
 func (c *Classifier) Classify(ctx context.Context, user string, m *message.Message, explain bool) (Result, error) {
+	if c.words != nil {
+		return c.classifyStack(ctx, user, m, explain)
+	}
 	if mr, ok := c.store.(ModelReader); ok {
 		fs := c.Features(m, explain)
 		scopes := []string{c.Scope("")}
@@ -297,11 +317,24 @@ func (o LearnOutcome) String() string {
 // the same message (same fingerprint) twice counts once; learning it with
 // the opposite label moves it.
 func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
-	return c.LearnFeatures(ctx, user, c.Features(m, false), m.Fingerprint, label)
+	var wf []Feature
+	if c.words != nil {
+		wf = Extract(m, c.words.fs, false)
+	}
+	return c.learn(ctx, user, c.Features(m, false), wf, m.Fingerprint, label)
 }
 
-// LearnFeatures is Learn with features already extracted.
+// LearnFeatures is Learn with features already extracted (single-model
+// algorithms; the stack needs the message: use Learn).
 func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Feature, fp [32]byte, label Label) (LearnOutcome, error) {
+	if c.words != nil {
+		return 0, errors.New("classify: LearnFeatures: the stack learns from messages (Learn)")
+	}
+	return c.learn(ctx, user, fs, nil, fp, label)
+}
+
+// learn teaches the model(s); wf are the word model's features (stack).
+func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, fp [32]byte, label Label) (LearnOutcome, error) {
 	if label != Ham && label != Spam {
 		return 0, errors.New("classify: label must be ham or spam")
 	}
@@ -314,6 +347,10 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 		return AlreadyKnown, nil
 	}
 	keys := c.keys(fs)
+	n := len(keys)
+	if c.words != nil {
+		keys = append(keys, stackKeys...)
+	}
 	rows, err := c.store.Get(ctx, scope, keys)
 	if err != nil {
 		return 0, err
@@ -322,7 +359,30 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 	if err != nil {
 		return 0, err
 	}
+	srows := rows[n:] // the stacker's weights (stack only)
+	keys, rows = keys[:n], rows[:n:n]
 	p, _ := c.alg.score(rows, t)
+	pDecide := p      // the probability Classify gives
+	var stack []Delta // the stacker's step, learned with the model's
+	if c.words != nil {
+		// The stacker's prequential step: the scores of both models
+		// before either learns this lesson.
+		wscope := c.words.Scope(user)
+		wt, err := c.store.Totals(ctx, wscope)
+		if err != nil {
+			return 0, err
+		}
+		wrows, err := c.store.Get(ctx, wscope, c.words.keys(wf))
+		if err != nil {
+			return 0, err
+		}
+		in, _ := c.stackInputsOf(rows, t, wrows, wt)
+		x := in.x()
+		pDecide = stackProb(stackWeights(srows), x)
+		if prev == Unknown {
+			stack = stackUpdate(srows, x, pDecide, label)
+		}
+	}
 	outcome := Learned
 	var deltas []Delta
 	var tt Totals
@@ -345,7 +405,7 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 				tt.Ham--
 			}
 		}
-	} else if c.cfg.TrainMode == "on-error" && !c.needsTraining(p, label) {
+	} else if c.cfg.TrainMode == "on-error" && !c.needsTraining(pDecide, label) {
 		return Skipped, nil
 	}
 	steps := 1
@@ -369,8 +429,16 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 			break
 		}
 	}
-	err = c.store.Update(ctx, scope, Batch{Deltas: mergeDeltas(deltas), Totals: tt, Lesson: &Lesson{FP: fp, Label: label}})
-	return outcome, err
+	deltas = append(mergeDeltas(deltas), stack...)
+	if err := c.store.Update(ctx, scope, Batch{Deltas: deltas, Totals: tt, Lesson: &Lesson{FP: fp, Label: label}}); err != nil {
+		return 0, err
+	}
+	if c.words != nil {
+		if _, err := c.words.learn(ctx, user, wf, nil, fp, label); err != nil {
+			return 0, err
+		}
+	}
+	return outcome, nil
 }
 
 // needsTraining is the train-on-error-with-margin rule: wrong, or right by

@@ -186,8 +186,9 @@ func AUC(s []Scored) float64 {
 }
 
 // TagProb is the probability at which the bayes check alone reaches the
-// default tag score (5 points = BAYES_99): the classifier's threshold as
-// a gateway acts on it with no other layer's help.
+// default tag score (5 points = BAYES_99): the classifier's default
+// threshold, so that moat eval's FP/FN are where a gateway acts on the
+// classifier with no other layer's help.
 const TagProb = 0.99
 
 // At counts false positives and false negatives at threshold over the
@@ -251,15 +252,16 @@ func (r *EvalResult) Report(w io.Writer) {
 	fmt.Fprintf(w, "messages scored:   %d (%d ham, %d spam)\n", len(r.Scored), r.Ham, r.Spam)
 	fmt.Fprintf(w, "ROC AUC:           %.6f\n", r.AUC)
 	fmt.Fprintf(w, "1-ROCA%%:           %.4f\n", r.OneMinusROCAPercent())
+	fmt.Fprintf(w, "threshold:         %.2f (the default %.2f is where the bayes check alone tags)\n", r.threshold, TagProb)
 	fmt.Fprintf(w, "FP rate:           %.3f%% (%d of %d ham)\n", 100*r.FPRate, r.FP, r.Ham)
 	fmt.Fprintf(w, "FN rate:           %.3f%% (%d of %d spam)\n", 100*r.FNRate, r.FN, r.Spam)
-	fmt.Fprintf(w, "as deployed:       FP %d, FN %d (silent until min_ham/min_spam)\n", r.GatedFP, r.GatedFN)
-	fp, fn, h, sp := r.At(TagProb, 0)
-	fmt.Fprintf(w, "at p>=%.2f (tag):  FP %.3f%% (%d), FN %.3f%% (%d)\n", TagProb, pct(fp, h), fp, pct(fn, sp), fn)
+	fmt.Fprintf(w, "as deployed:       FP %d, FN %d (silent, so no tag, until min_ham/min_spam)\n", r.GatedFP, r.GatedFN)
+	fp, fn, h, sp := r.At(0.5, 0)
+	fmt.Fprintf(w, "at p>=0.50:        FP %.3f%% (%d), FN %.3f%% (%d) (for reference)\n", pct(fp, h), fp, pct(fn, sp), fn)
 	half := len(r.Scored) / 2
 	fp, fn, h, sp = r.At(r.threshold, half)
-	fp2, fn2, _, _ := r.At(TagProb, half)
-	fmt.Fprintf(w, "second half:       FP %.3f%% (%d/%d), FN %.3f%% (%d/%d) at %.2f; FP %d, FN %d at %.2f\n", pct(fp, h), fp, h, pct(fn, sp), fn, sp, r.threshold, fp2, fn2, TagProb)
+	fp2, fn2, _, _ := r.At(0.5, half)
+	fmt.Fprintf(w, "second half:       FP %.3f%% (%d/%d), FN %.3f%% (%d/%d) at %.2f; FP %d, FN %d at 0.50\n", pct(fp, h), fp, h, pct(fn, sp), fn, sp, r.threshold, fp2, fn2)
 	fn, sp = r.FNAtFP(0.001, 0)
 	fn2, sp2 := r.FNAtFP(0.001, half)
 	fmt.Fprintf(w, "FN at FP<=0.1%%:    %.2f%% (%d/%d) best threshold, whole stream; %.2f%% (%d/%d) second half\n", pct(fn, sp), fn, sp, pct(fn2, sp2), fn2, sp2)

@@ -13,12 +13,14 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"moat.dev/moat/internal/store/sqlstore"
 )
 
-// Schema is the classifier's tables. classify_versions counts each
-// scope's updates (the model version that SQLStore's cache is checked
-// against). Keys are the 63/64-bit feature keys
-// stored as signed INTEGER (bit pattern preserved).
+// Schema is the classifier's tables in SQLite. classify_versions counts
+// each scope's updates (the model version that SQLStore's cache is
+// checked against). Keys are the 63/64-bit feature keys stored as signed
+// INTEGER (bit pattern preserved).
 const Schema = `
 CREATE TABLE IF NOT EXISTS classify_tokens (
 	scope TEXT NOT NULL,
@@ -48,17 +50,86 @@ CREATE TABLE IF NOT EXISTS classify_versions (
 );
 `
 
-// Migrate creates the classifier's tables if they do not exist.
-func Migrate(ctx context.Context, db *sql.DB) error {
-	for _, stmt := range strings.Split(Schema, ";") {
-		if strings.TrimSpace(stmt) == "" {
-			continue
+// PostgresSchema is Schema for PostgreSQL: the same tables and columns,
+// with 64-bit integer and float types (SQLite's INTEGER and REAL are 64
+// bits already).
+const PostgresSchema = `
+CREATE TABLE IF NOT EXISTS classify_tokens (
+	scope TEXT NOT NULL,
+	key   BIGINT NOT NULL,
+	ham   BIGINT NOT NULL DEFAULT 0,
+	spam  BIGINT NOT NULL DEFAULT 0,
+	w     DOUBLE PRECISION NOT NULL DEFAULT 0,
+	g     DOUBLE PRECISION NOT NULL DEFAULT 0,
+	PRIMARY KEY (scope, key)
+);
+CREATE TABLE IF NOT EXISTS classify_totals (
+	scope TEXT PRIMARY KEY,
+	ham   BIGINT NOT NULL DEFAULT 0,
+	spam  BIGINT NOT NULL DEFAULT 0,
+	bias  DOUBLE PRECISION NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS classify_lessons (
+	scope      TEXT NOT NULL,
+	fp         BYTEA NOT NULL,
+	label      INTEGER NOT NULL,
+	learned_at BIGINT NOT NULL,
+	PRIMARY KEY (scope, fp)
+);
+CREATE TABLE IF NOT EXISTS classify_versions (
+	scope   TEXT PRIMARY KEY,
+	version BIGINT NOT NULL DEFAULT 0
+);
+`
+
+// migrateLockID is the PostgreSQL advisory lock that serializes Migrate
+// between gateway nodes starting together (concurrent CREATE TABLE IF NOT
+// EXISTS of one table can fail on PostgreSQL).
+const migrateLockID = 0x6d6f6174636c73 // "moatcls"
+
+// Migrate creates the classifier's tables in a SQLite database if they do
+// not exist: MigrateDriver(ctx, db, "sqlite").
+func Migrate(ctx context.Context, db *sql.DB) error { return MigrateDriver(ctx, db, "sqlite") }
+
+// MigrateDriver creates the classifier's tables if they do not exist, in a
+// database of driver ("sqlite" or "", or "postgres": the store's Driver()).
+// On PostgreSQL it runs in one transaction under an advisory lock, so
+// nodes sharing the database may start at the same time.
+func MigrateDriver(ctx context.Context, db *sql.DB, driver string) error {
+	switch driver {
+	case "", "sqlite":
+		for _, stmt := range strings.Split(Schema, ";") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if _, err := db.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("classify: migrate: %w", err)
+			}
 		}
-		if _, err := db.ExecContext(ctx, stmt); err != nil {
+		return nil
+	case "postgres":
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
 			return fmt.Errorf("classify: migrate: %w", err)
 		}
+		defer tx.Rollback()
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrateLockID)); err != nil {
+			return fmt.Errorf("classify: migrate: %w", err)
+		}
+		for _, stmt := range strings.Split(PostgresSchema, ";") {
+			if strings.TrimSpace(stmt) == "" {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("classify: migrate: %w", err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("classify: migrate: %w", err)
+		}
+		return nil
 	}
-	return nil
+	return fmt.Errorf("classify: migrate: unknown driver %q (want sqlite or postgres)", driver)
 }
 
 // OpenSQLite opens (creating) a SQLite database file in WAL mode, for
@@ -76,7 +147,9 @@ func OpenSQLite(path string) (*sql.DB, error) {
 	return db, nil
 }
 
-// SQLStore is a TokenStore in SQLite.
+// SQLStore is a TokenStore in SQLite or PostgreSQL (the store's database,
+// SQLStoreOptions.Driver; both run the same SQL, rebound by
+// sqlstore.Rebind).
 //
 // Classification at end of DATA is its hot path, and it is built for it:
 //
@@ -102,6 +175,7 @@ func OpenSQLite(path string) (*sql.DB, error) {
 type SQLStore struct {
 	db  *sql.DB
 	opt SQLStoreOptions
+	q   *dialectSQL
 	sem chan struct{}
 
 	mu     sync.Mutex
@@ -128,13 +202,18 @@ type SQLStoreOptions struct {
 	// max(4, 2*GOMAXPROCS)): SQLite reads are CPU-bound, so more gain
 	// nothing but connections.
 	MaxConcurrency int
+	// Driver is the database's SQL dialect: "sqlite" (or "") or
+	// "postgres", as the store's Driver() says. Any other value is taken
+	// as sqlite; MigrateDriver refuses it.
+	Driver string
 }
 
-// NewSQLStore returns a store over db with the default options; call
-// Migrate first.
+// NewSQLStore returns a store over a SQLite db with the default options;
+// call Migrate first.
 func NewSQLStore(db *sql.DB) *SQLStore { return NewSQLStoreWith(db, SQLStoreOptions{}) }
 
-// NewSQLStoreWith returns a store over db; call Migrate first.
+// NewSQLStoreWith returns a store over db; call MigrateDriver with
+// opt.Driver first.
 func NewSQLStoreWith(db *sql.DB, opt SQLStoreOptions) *SQLStore {
 	if opt.CacheKeys == 0 {
 		opt.CacheKeys = 1 << 18
@@ -145,7 +224,11 @@ func NewSQLStoreWith(db *sql.DB, opt SQLStoreOptions) *SQLStore {
 	if opt.MaxConcurrency <= 0 {
 		opt.MaxConcurrency = max(4, 2*runtime.GOMAXPROCS(0))
 	}
-	return &SQLStore{db: db, opt: opt, sem: make(chan struct{}, opt.MaxConcurrency),
+	q := &sqliteSQL
+	if opt.Driver == "postgres" {
+		q = &postgresSQL
+	}
+	return &SQLStore{db: db, opt: opt, q: q, sem: make(chan struct{}, opt.MaxConcurrency),
 		stmts: map[string]*sql.Stmt{}, caches: map[string]*rowCache{}}
 }
 
@@ -199,19 +282,67 @@ func (s *SQLStore) release() { <-s.sem }
 // padded with its last key.
 var getSizes = [...]int{16, 64, 256, 1024}
 
-var (
-	selectSQL [len(getSizes)]string
-	totalsSQL [3]string // by number of scopes (1, 2)
-)
+// upsertSizes are the row counts of the multi-row upserts; a batch is
+// written as a sum of them, largest first.
+var upsertSizes = [...]int{512, 64, 8, 1}
 
-func init() {
+// dialectSQL is every statement of the store, written once with ?
+// placeholders and rebound for a driver. The statement texts are fixed,
+// so each is prepared once per store.
+type dialectSQL struct {
+	selects [len(getSizes)]string    // key lookups, by padded IN-list length
+	totals  [3]string                // totals and versions, by number of scopes (1, 2)
+	upserts [len(upsertSizes)]string // multi-row upserts, by row count
+	shrink, addTotals, bumpVersion, forgetLesson, putLesson,
+	totalsOne, lesson, size string
+}
+
+var sqliteSQL, postgresSQL = newDialectSQL("sqlite"), newDialectSQL("postgres")
+
+// newDialectSQL returns the statements for driver. The upserts name the
+// stored row by its table (unqualified, PostgreSQL finds the column
+// ambiguous with excluded's).
+func newDialectSQL(driver string) dialectSQL {
+	var d dialectSQL
+	rb := func(q string) string { return sqlstore.Rebind(driver, q) }
 	for i, n := range getSizes {
-		selectSQL[i] = "SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", n-1) + ")"
+		d.selects[i] = rb("SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", n-1) + ")")
 	}
-	for n := 1; n < len(totalsSQL); n++ {
-		totalsSQL[n] = `SELECT t.scope, t.ham, t.spam, t.bias, COALESCE(v.version, 0) FROM classify_totals t
-			LEFT JOIN classify_versions v ON v.scope = t.scope WHERE t.scope IN (?` + strings.Repeat(",?", n-1) + ")"
+	for n := 1; n < len(d.totals); n++ {
+		d.totals[n] = rb(`SELECT t.scope, t.ham, t.spam, t.bias, COALESCE(v.version, 0) FROM classify_totals t
+			LEFT JOIN classify_versions v ON v.scope = t.scope WHERE t.scope IN (?` + strings.Repeat(",?", n-1) + ")")
 	}
+	for i, n := range upsertSizes {
+		d.upserts[i] = rb(upsertSQL(n))
+	}
+	d.shrink = rb(`DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`)
+	d.addTotals = rb(`INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
+		ON CONFLICT(scope) DO UPDATE SET ham = classify_totals.ham + excluded.ham, spam = classify_totals.spam + excluded.spam,
+		bias = classify_totals.bias + excluded.bias`)
+	d.bumpVersion = rb(`INSERT INTO classify_versions(scope, version) VALUES(?, 1)
+		ON CONFLICT(scope) DO UPDATE SET version = classify_versions.version + 1`)
+	d.forgetLesson = rb(`DELETE FROM classify_lessons WHERE scope = ? AND fp = ?`)
+	d.putLesson = rb(`INSERT INTO classify_lessons(scope, fp, label, learned_at) VALUES(?,?,?,?)
+		ON CONFLICT(scope, fp) DO UPDATE SET label = excluded.label, learned_at = excluded.learned_at`)
+	d.totalsOne = rb(`SELECT ham, spam, bias FROM classify_totals WHERE scope = ?`)
+	d.lesson = rb(`SELECT label FROM classify_lessons WHERE scope = ? AND fp = ?`)
+	d.size = rb(`SELECT count(*) FROM classify_tokens WHERE scope = ?`)
+	return d
+}
+
+// upsertSQL returns the multi-row upsert statement for n rows.
+func upsertSQL(n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?)")
+	}
+	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = classify_tokens.ham + excluded.ham, spam = classify_tokens.spam + excluded.spam," +
+		" w = classify_tokens.w + excluded.w, g = classify_tokens.g + excluded.g")
+	return b.String()
 }
 
 // readRows reads the rows of the distinct keys uniq (sorted) and calls
@@ -236,7 +367,7 @@ func (s *SQLStore) readRows(ctx context.Context, scope string, uniq []int64, fou
 		for len(args) < size+1 {
 			args = append(args, uniq[end-1])
 		}
-		st, err := s.stmt(ctx, selectSQL[si])
+		st, err := s.stmt(ctx, s.q.selects[si])
 		if err != nil {
 			return err
 		}
@@ -305,14 +436,14 @@ func (s *SQLStore) Get(ctx context.Context, scope string, keys []uint64) ([]Row,
 // versions of all candidate scopes, then the chosen scope's rows, from
 // the cache for a global scope.
 func (s *SQLStore) ReadModel(ctx context.Context, scopes []string, usable func(i int, t Totals) bool, keys []uint64) (int, Totals, []Row, error) {
-	if len(scopes) == 0 || len(scopes) >= len(totalsSQL) {
+	if len(scopes) == 0 || len(scopes) >= len(s.q.totals) {
 		return 0, Totals{}, nil, fmt.Errorf("classify: ReadModel: %d scopes", len(scopes))
 	}
 	if err := s.acquire(ctx); err != nil {
 		return 0, Totals{}, nil, err
 	}
 	defer s.release()
-	st, err := s.stmt(ctx, totalsSQL[len(scopes)])
+	st, err := s.stmt(ctx, s.q.totals[len(scopes)])
 	if err != nil {
 		return 0, Totals{}, nil, err
 	}
@@ -484,53 +615,14 @@ func (s *SQLStore) invalidate(scope string) {
 	}
 }
 
-// upsertSizes are the row counts of the multi-row upserts; a batch is
-// written as a sum of them, largest first.
-var upsertSizes = [...]int{512, 64, 8, 1}
-
-// upsertSQL returns the multi-row upsert statement for n rows.
-func upsertSQL(n int) string {
-	var b strings.Builder
-	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString("(?,?,?,?,?,?)")
-	}
-	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, w = w + excluded.w, g = g + excluded.g")
-	return b.String()
-}
-
-var upsertSQLs = func() (q [len(upsertSizes)]string) {
-	for i, n := range upsertSizes {
-		q[i] = upsertSQL(n)
-	}
-	return q
-}()
-
-const (
-	shrinkSQL    = `DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`
-	addTotalsSQL = `INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
-		ON CONFLICT(scope) DO UPDATE SET ham = ham + excluded.ham, spam = spam + excluded.spam, bias = bias + excluded.bias`
-	bumpVersionSQL = `INSERT INTO classify_versions(scope, version) VALUES(?, 1)
-		ON CONFLICT(scope) DO UPDATE SET version = version + 1`
-	forgetLessonSQL = `DELETE FROM classify_lessons WHERE scope = ? AND fp = ?`
-	putLessonSQL    = `INSERT INTO classify_lessons(scope, fp, label, learned_at) VALUES(?,?,?,?)
-		ON CONFLICT(scope, fp) DO UPDATE SET label = excluded.label, learned_at = excluded.learned_at`
-	totalsOneSQL = `SELECT ham, spam, bias FROM classify_totals WHERE scope = ?`
-	lessonSQL    = `SELECT label FROM classify_lessons WHERE scope = ? AND fp = ?`
-	sizeSQL      = `SELECT count(*) FROM classify_tokens WHERE scope = ?`
-)
-
 // Update implements TokenStore: one transaction per batch, which also
 // bumps the scope's model version.
 func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error) {
 	// Prepare every statement before the transaction takes a connection
 	// (the pool may have only one).
 	st := map[string]*sql.Stmt{}
-	need := []string{addTotalsSQL, bumpVersionSQL, shrinkSQL, forgetLessonSQL, putLessonSQL}
-	need = append(need, upsertSQLs[:]...)
+	need := []string{s.q.addTotals, s.q.bumpVersion, s.q.shrink, s.q.forgetLesson, s.q.putLesson}
+	need = append(need, s.q.upserts[:]...)
 	if err := s.acquire(ctx); err != nil {
 		return err
 	}
@@ -554,47 +646,44 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 		_, err := tx.StmtContext(ctx, st[q]).ExecContext(ctx, args...)
 		return err
 	}
-	// Multi-row upserts in key order, in chunks of upsertSizes.
-	slices.SortFunc(b.Deltas, func(x, y Delta) int { return cmp.Compare(int64(x.Key), int64(y.Key)) })
-	var shrink []int64
+	// Multi-row upserts in key order (concurrent batches lock rows in the
+	// same order), in chunks of upsertSizes.
+	deltas, shrink := sortedDeltas(b.Deltas)
 	args := make([]any, 0, upsertSizes[0]*6)
-	for start := 0; start < len(b.Deltas); {
+	for start := 0; start < len(deltas); {
 		si := len(upsertSizes) - 1
 		for i, n := range upsertSizes {
-			if n <= len(b.Deltas)-start {
+			if n <= len(deltas)-start {
 				si = i
 				break
 			}
 		}
 		end := start + upsertSizes[si]
 		args = args[:0]
-		for _, d := range b.Deltas[start:end] {
+		for _, d := range deltas[start:end] {
 			args = append(args, scope, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
-			if d.Ham < 0 || d.Spam < 0 {
-				shrink = append(shrink, int64(d.Key))
-			}
 		}
-		if err = exec(upsertSQLs[si], args...); err != nil {
+		if err = exec(s.q.upserts[si], args...); err != nil {
 			return err
 		}
 		start = end
 	}
 	for _, k := range shrink {
-		if err = exec(shrinkSQL, scope, k); err != nil {
+		if err = exec(s.q.shrink, scope, k); err != nil {
 			return err
 		}
 	}
-	if err = exec(addTotalsSQL, scope, b.Totals.Ham, b.Totals.Spam, b.Totals.Bias); err != nil {
+	if err = exec(s.q.addTotals, scope, b.Totals.Ham, b.Totals.Spam, b.Totals.Bias); err != nil {
 		return err
 	}
-	if err = exec(bumpVersionSQL, scope); err != nil {
+	if err = exec(s.q.bumpVersion, scope); err != nil {
 		return err
 	}
 	if l := b.Lesson; l != nil {
 		if l.Label == Unknown {
-			err = exec(forgetLessonSQL, scope, l.FP[:])
+			err = exec(s.q.forgetLesson, scope, l.FP[:])
 		} else {
-			err = exec(putLessonSQL, scope, l.FP[:], int(l.Label), time.Now().Unix())
+			err = exec(s.q.putLesson, scope, l.FP[:], int(l.Label), time.Now().Unix())
 		}
 		if err != nil {
 			return err
@@ -603,6 +692,32 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 	err = tx.Commit()
 	s.invalidate(scope)
 	return err
+}
+
+// sortedDeltas sorts d by key (in place) and returns it with the deltas
+// of one key added up (one statement may not update a row twice on
+// PostgreSQL; the classifier merges already, so this rarely copies), and
+// the keys whose rows may have shrunk to nothing (a negative count).
+func sortedDeltas(d []Delta) ([]Delta, []int64) {
+	slices.SortFunc(d, func(x, y Delta) int { return cmp.Compare(int64(x.Key), int64(y.Key)) })
+	var shrink []int64
+	out, merged := d, false
+	for i, x := range d {
+		switch {
+		case i > 0 && x.Key == d[i-1].Key:
+			if !merged { // the first duplicate: copy the distinct deltas before it
+				out, merged = slices.Clone(d[:i]), true
+			}
+			m := &out[len(out)-1]
+			m.Ham, m.Spam, m.W, m.G = m.Ham+x.Ham, m.Spam+x.Spam, m.W+x.W, m.G+x.G
+		case merged:
+			out = append(out, x)
+		}
+		if (x.Ham < 0 || x.Spam < 0) && (len(shrink) == 0 || shrink[len(shrink)-1] != int64(x.Key)) {
+			shrink = append(shrink, int64(x.Key))
+		}
+	}
+	return out, shrink
 }
 
 // queryRow runs a one-row query with a kept statement.
@@ -621,7 +736,7 @@ func (s *SQLStore) queryRow(ctx context.Context, q string, args []any, dest ...a
 // Totals implements TokenStore.
 func (s *SQLStore) Totals(ctx context.Context, scope string) (Totals, error) {
 	var t Totals
-	err := s.queryRow(ctx, totalsOneSQL, []any{scope}, &t.Ham, &t.Spam, &t.Bias)
+	err := s.queryRow(ctx, s.q.totalsOne, []any{scope}, &t.Ham, &t.Spam, &t.Bias)
 	if err == sql.ErrNoRows {
 		return Totals{}, nil
 	}
@@ -631,7 +746,7 @@ func (s *SQLStore) Totals(ctx context.Context, scope string) (Totals, error) {
 // Lesson implements TokenStore.
 func (s *SQLStore) Lesson(ctx context.Context, scope string, fp [32]byte) (Label, error) {
 	var l int
-	err := s.queryRow(ctx, lessonSQL, []any{scope, fp[:]}, &l)
+	err := s.queryRow(ctx, s.q.lesson, []any{scope, fp[:]}, &l)
 	if err == sql.ErrNoRows {
 		return Unknown, nil
 	}
@@ -641,6 +756,6 @@ func (s *SQLStore) Lesson(ctx context.Context, scope string, fp [32]byte) (Label
 // Size implements TokenStore.
 func (s *SQLStore) Size(ctx context.Context, scope string) (int64, error) {
 	var n int64
-	err := s.queryRow(ctx, sizeSQL, []any{scope}, &n)
+	err := s.queryRow(ctx, s.q.size, []any{scope}, &n)
 	return n, err
 }

@@ -9,9 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"moat.dev/moat/internal/passmark"
+	"moat.dev/moat/internal/testutil/postfixtest"
 )
 
 var testSecret = passmark.DomainSecret([]byte("master"), "protected.test")
@@ -71,104 +69,6 @@ func startSink(t *testing.T) (string, chan []byte) {
 	go s.Serve(ln)
 	t.Cleanup(func() { s.Close() })
 	return ln.Addr().String(), b.got
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// startPostfix starts a private Postfix instance listening on a loopback port
-// with the milter configured, relaying everything to relayTo. (A minimal
-// stand-in until internal/testutil/postfixtest exists.)
-func startPostfix(t *testing.T, milter, relayTo string) string {
-	postfix, err := exec.LookPath("postfix")
-	if err != nil {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("postfix not installed")
-		}
-		t.Skip("postfix not installed")
-	}
-	dir := t.TempDir()
-	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-		os.Chmod(d, 0o755) // Postfix daemons run as user postfix
-	}
-	port := freePort(t)
-	mainCF := fmt.Sprintf(`compatibility_level = 3.6
-queue_directory = %[1]s/queue
-data_directory = %[1]s/data
-maillog_file = %[1]s/maillog
-maillog_file_prefixes = %[1]s
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = backend.test
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = protected.test other.test
-relayhost = [%[2]s]:%[3]s
-alias_maps =
-alias_database =
-smtpd_milters = %[4]s
-milter_default_action = tempfail
-milter_protocol = 6
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-`, dir, strings.Split(relayTo, ":")[0], strings.Split(relayTo, ":")[1], milter)
-	masterCF := fmt.Sprintf(`127.0.0.1:%d inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`, port)
-	os.MkdirAll(filepath.Join(dir, "queue"), 0o755)
-	os.MkdirAll(filepath.Join(dir, "data"), 0o700)
-	if out, err := exec.Command("chown", "postfix", filepath.Join(dir, "data")).CombinedOutput(); err != nil {
-		t.Skipf("cannot prepare Postfix directories (not root?): %v %s", err, out)
-	}
-	os.WriteFile(filepath.Join(dir, "main.cf"), []byte(mainCF), 0o644)
-	os.WriteFile(filepath.Join(dir, "master.cf"), []byte(masterCF), 0o644)
-	if out, err := exec.Command(postfix, "-c", dir, "start").CombinedOutput(); err != nil {
-		b, _ := os.ReadFile(filepath.Join(dir, "maillog"))
-		t.Fatalf("postfix start: %v\n%s\n%s", err, out, b)
-	}
-	t.Cleanup(func() {
-		exec.Command(postfix, "-c", dir, "stop").Run()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "maillog"))
-			t.Logf("maillog:\n%s", b)
-		}
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	for i := 0; i < 100; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return addr
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatal("postfix did not start listening")
-	return ""
 }
 
 // send submits msg over SMTP from the local address src and returns the
@@ -225,7 +125,12 @@ func TestPostfixMilter(t *testing.T) {
 		t.Fatal(err)
 	}
 	sinkAddr, got := startSink(t)
-	pf := startPostfix(t, "inet:"+f.Addr().String(), sinkAddr)
+	// A private Postfix with the milter, relaying both domains to the sink.
+	pf := postfixtest.Start(t, postfixtest.Options{
+		RelayDomains: []string{"protected.test", "other.test"},
+		RelayHost:    sinkAddr,
+		Milter:       "inet:" + f.Addr().String(),
+	}).Addr
 
 	// 1. Unmarked, sent directly: refused with 550 5.7.1.
 	err = send(t, pf, "127.0.0.1", []string{"u@protected.test"}, message("unmarked"))

@@ -71,6 +71,26 @@ type Conn struct {
 	Report    *verdict.Report // connection-level results (conn, helo)
 	futuresMu sync.Mutex
 	futures   map[string]*Future
+	ptrName   string // guarded by futuresMu
+}
+
+// SetClientName records the client's forward-confirmed reverse DNS name
+// (lower-case, no trailing dot). The rdns lookup calls it when it has
+// confirmed a name, so the session can name the client in its Received
+// field and XCLIENT NAME without a second lookup.
+func (c *Conn) SetClientName(name string) {
+	c.futuresMu.Lock()
+	c.ptrName = name
+	c.futuresMu.Unlock()
+}
+
+// ClientName returns the client's forward-confirmed reverse DNS name, or
+// "" when there is none, it is not confirmed, or no lookup has finished
+// (rdns disabled or still running). It never waits.
+func (c *Conn) ClientName() string {
+	c.futuresMu.Lock()
+	defer c.futuresMu.Unlock()
+	return c.ptrName
 }
 
 // Future returns the named future of this connection, starting it with fn

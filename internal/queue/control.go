@@ -16,17 +16,6 @@ import (
 // ErrHeld is returned by RetryNow for a message on hold.
 var ErrHeld = errors.New("queue: message is on hold (release it first)")
 
-func (q *Queue) summaryLocked(e *entry) Summary {
-	s := Summary{Envelope: *cloneEnv(e.env), Held: e.dir == dirHold}
-	first := true
-	for _, r := range e.env.Rcpts {
-		if r.Status == StatusPending && (first || r.Next.Before(s.NextAttempt)) {
-			s.NextAttempt, first = r.Next, false
-		}
-	}
-	return s
-}
-
 func summarize(env *Envelope, held bool) Summary {
 	s := Summary{Envelope: *env, Held: held}
 	first := true
@@ -49,13 +38,18 @@ func (f Filter) match(s *Summary) bool {
 }
 
 func hasPendingIn(env *Envelope, domain string) bool {
-	for _, r := range env.Rcpts {
-		if r.Status == StatusPending && (strings.EqualFold(r.Domain, domain) ||
-			strings.HasSuffix(strings.ToLower(r.Addr), "@"+strings.ToLower(domain))) {
+	for i := range env.Rcpts {
+		if pendingIn(&env.Rcpts[i], domain) {
 			return true
 		}
 	}
 	return false
+}
+
+// pendingIn reports whether r is pending and in domain ("" = any domain).
+func pendingIn(r *RcptState, domain string) bool {
+	return r.Status == StatusPending && (domain == "" || strings.EqualFold(r.Domain, domain) ||
+		strings.HasSuffix(strings.ToLower(r.Addr), "@"+strings.ToLower(domain)))
 }
 
 // List returns the queued messages matching f, oldest first.
@@ -96,18 +90,30 @@ func (q *Queue) lockEntry(id string) *entry {
 	return e
 }
 
-// RetryNow makes every pending recipient of the message due now.
-func (q *Queue) RetryNow(id string) error {
+// lockLive returns the entry with its pmu and q.mu held, or ErrNotFound
+// (nothing held) when there is no such message or it is gone meanwhile.
+// The caller unlocks q.mu, then e.pmu.
+func (q *Queue) lockLive(id string) (*entry, error) {
 	e := q.lockEntry(id)
 	if e == nil {
-		return ErrNotFound
+		return nil, ErrNotFound
 	}
-	defer e.pmu.Unlock()
 	q.mu.Lock()
 	if e.gone {
 		q.mu.Unlock()
-		return ErrNotFound
+		e.pmu.Unlock()
+		return nil, ErrNotFound
 	}
+	return e, nil
+}
+
+// RetryNow makes every pending recipient of the message due now.
+func (q *Queue) RetryNow(id string) error {
+	e, err := q.lockLive(id)
+	if err != nil {
+		return err
+	}
+	defer e.pmu.Unlock()
 	if e.dir == dirHold {
 		q.mu.Unlock()
 		return ErrHeld
@@ -123,9 +129,7 @@ func (q *Queue) RetryNow(id string) error {
 func (q *Queue) dueNowLocked(e *entry, domain string) {
 	now := q.now()
 	for i := range e.env.Rcpts {
-		r := &e.env.Rcpts[i]
-		if r.Status == StatusPending && (domain == "" || strings.EqualFold(r.Domain, domain) ||
-			strings.HasSuffix(strings.ToLower(r.Addr), "@"+strings.ToLower(domain))) {
+		if r := &e.env.Rcpts[i]; pendingIn(r, domain) {
 			r.Next = now
 		}
 	}
@@ -173,16 +177,11 @@ func (q *Queue) RetryDomain(domain string) int {
 // Delete removes a message without a DSN. A delivery in flight finishes,
 // but its result is discarded.
 func (q *Queue) Delete(id string) error {
-	e := q.lockEntry(id)
-	if e == nil {
-		return ErrNotFound
+	e, err := q.lockLive(id)
+	if err != nil {
+		return err
 	}
 	defer e.pmu.Unlock()
-	q.mu.Lock()
-	if e.gone {
-		q.mu.Unlock()
-		return ErrNotFound
-	}
 	e.gone = true
 	delete(q.msgs, id)
 	q.unscheduleLocked(e)
@@ -203,16 +202,11 @@ func (q *Queue) Hold(id string) error { return q.move(id, dirReady, dirHold) }
 func (q *Queue) Release(id string) error { return q.move(id, dirHold, dirReady) }
 
 func (q *Queue) move(id, from, to string) error {
-	e := q.lockEntry(id)
-	if e == nil {
-		return ErrNotFound
+	e, err := q.lockLive(id)
+	if err != nil {
+		return err
 	}
 	defer e.pmu.Unlock()
-	q.mu.Lock()
-	if e.gone {
-		q.mu.Unlock()
-		return ErrNotFound
-	}
 	if e.dir != from {
 		q.mu.Unlock()
 		return nil // already there
@@ -225,10 +219,11 @@ func (q *Queue) move(id, from, to string) error {
 
 	// The bytes first, then the marker: recovery completes a move
 	// interrupted in between.
-	err := q.commit([]renameOp{
-		{path(from, id, ".eml"), path(to, id, ".eml")},
-		{path(from, id, ".env"), path(to, id, ".env")},
-	}, bitReady|bitHold)
+	ops := []renameOp{{path(from, id, ".eml"), path(to, id, ".eml")}}
+	if _, err := q.root.Lstat(path(from, id, ".env")); err == nil {
+		ops = append(ops, renameOp{path(from, id, ".env"), path(to, id, ".env")})
+	}
+	err = q.commit(ops, bitReady|bitHold)
 
 	q.mu.Lock()
 	if err != nil {
@@ -366,8 +361,6 @@ type Client struct {
 	Timeout time.Duration
 	// Log receives the recovery log of a direct (daemon-less) change.
 	Log *slog.Logger
-
-	lastID *string // where Enqueue collects the new queue ID
 }
 
 // NewClient returns a Client for the spool in dir.
@@ -405,7 +398,7 @@ func (c *Client) List(f Filter) ([]Summary, error) {
 		}
 		for _, de := range ents {
 			id, ext, _ := strings.Cut(de.Name(), ".")
-			if ext != "env" || !ValidID(id) {
+			if ext != "eml" || !ValidID(id) {
 				continue
 			}
 			env, err := readEnv(root, dir, id)
@@ -423,11 +416,8 @@ func (c *Client) List(f Filter) ([]Summary, error) {
 }
 
 func readEnv(root *os.Root, dir, id string) (*Envelope, error) {
-	b, err := root.ReadFile(path(dir, id, ".env"))
-	if err != nil {
-		return nil, err
-	}
-	return parseEnvelope(b, id)
+	env, _, err := readEnvelope(root, dir, id)
+	return env, err
 }
 
 // Show reads one message from disk.
@@ -517,10 +507,10 @@ func (c *Client) Enqueue(env *Envelope, body io.Reader) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("enqueue: %w", err)
 	}
-	var qid string
-	c.lastID = &qid
-	_, err = c.do(ctlRequest{Op: "enqueue", ID: id, Env: env})
-	c.lastID = nil
+	resp, err := c.send(ctlRequest{Op: "enqueue", ID: id, Env: env})
+	if err == nil {
+		_, err = resp.result()
+	}
 	if err != nil {
 		if r, rerr := c.openRoot(); rerr == nil {
 			r.Remove(name)
@@ -528,21 +518,32 @@ func (c *Client) Enqueue(env *Envelope, body io.Reader) (string, error) {
 		}
 		return "", err
 	}
-	return qid, nil
+	return resp.QueueID, nil
 }
 
+// do performs req (see send) and returns its count.
 func (c *Client) do(req ctlRequest) (int, error) {
+	resp, err := c.send(req)
+	if err != nil {
+		return 0, err
+	}
+	return resp.result()
+}
+
+// send performs req: directly when no daemon holds the spool lock,
+// otherwise through the daemon, and returns the answer.
+func (c *Client) send(req ctlRequest) (ctlResponse, error) {
 	if req.Op != "retry-domain" && !ValidID(req.ID) {
-		return 0, ErrNotFound
+		return ctlResponse{}, ErrNotFound
 	}
 	root, err := c.openRoot()
 	if err != nil {
-		return 0, err
+		return ctlResponse{}, err
 	}
 	defer root.Close()
 	lock, err := tryLock(root)
 	if err != nil {
-		return 0, err
+		return ctlResponse{}, err
 	}
 	if lock != nil {
 		return c.direct(root, lock, req)
@@ -552,7 +553,7 @@ func (c *Client) do(req ctlRequest) (int, error) {
 	respName := dirControl + "/" + reqID + ".resp"
 	b, _ := json.Marshal(req)
 	if err := writeAtomic(root, reqName, b); err != nil {
-		return 0, fmt.Errorf("writing control request: %w", err)
+		return ctlResponse{}, fmt.Errorf("writing control request: %w", err)
 	}
 	timeout := c.Timeout
 	if timeout <= 0 {
@@ -564,12 +565,9 @@ func (c *Client) do(req ctlRequest) (int, error) {
 			root.Remove(respName)
 			var resp ctlResponse
 			if err := json.Unmarshal(b, &resp); err != nil {
-				return 0, fmt.Errorf("bad answer from the daemon: %w", err)
+				return ctlResponse{}, fmt.Errorf("bad answer from the daemon: %w", err)
 			}
-			if c.lastID != nil {
-				*c.lastID = resp.QueueID
-			}
-			return resp.result()
+			return resp, nil
 		}
 		// The daemon may have stopped: then do it ourselves.
 		if lock, err := tryLock(root); err == nil && lock != nil {
@@ -580,7 +578,7 @@ func (c *Client) do(req ctlRequest) (int, error) {
 		}
 		if time.Now().After(deadline) {
 			if root.Remove(reqName) == nil {
-				return 0, errors.New("the daemon holding the spool lock did not answer")
+				return ctlResponse{}, errors.New("the daemon holding the spool lock did not answer")
 			}
 			deadline = time.Now().Add(timeout) // being processed now
 		}
@@ -600,7 +598,7 @@ func (r ctlResponse) result() (int, error) {
 }
 
 // direct performs req on the spool while holding its lock.
-func (c *Client) direct(root *os.Root, lock *os.File, req ctlRequest) (int, error) {
+func (c *Client) direct(root *os.Root, lock *os.File, req ctlRequest) (ctlResponse, error) {
 	cfg := DefaultConfig()
 	cfg.SpoolDir = c.dir
 	// openLocked takes over root and lock; Close releases both, so give
@@ -608,18 +606,14 @@ func (c *Client) direct(root *os.Root, lock *os.File, req ctlRequest) (int, erro
 	own, err := os.OpenRoot(c.dir)
 	if err != nil {
 		lock.Close()
-		return 0, err
+		return ctlResponse{}, err
 	}
 	q, err := openLocked(cfg, nil, c.Log, nil, own, lock)
 	if err != nil {
 		lock.Close()
 		own.Close()
-		return 0, err
+		return ctlResponse{}, err
 	}
 	defer q.Close()
-	resp := q.exec(req)
-	if c.lastID != nil {
-		*c.lastID = resp.QueueID
-	}
-	return resp.result()
+	return q.exec(req), nil
 }

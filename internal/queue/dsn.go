@@ -19,7 +19,7 @@ const (
 // sendDSN queues an RFC 3464 delivery status notification to env.From for
 // rcpts (all failed, or all delayed).
 func (q *Queue) sendDSN(env *Envelope, dir string, rcpts []RcptState, action string, now time.Time) error {
-	hdr, err := q.originalHeader(path(dir, env.ID, ".eml"))
+	hdr, err := q.originalHeader(path(dir, env.ID, ".eml"), env.Size)
 	if err != nil {
 		// Still tell the sender; the header part then says why it is empty.
 		q.log.Warn("queue: cannot read original header for DSN", "queue_id", env.ID, "err", err)
@@ -46,13 +46,13 @@ func (q *Queue) sendDSN(env *Envelope, dir string, rcpts []RcptState, action str
 
 // originalHeader returns the message's header section with CRLF line
 // endings, at most maxDSNHeaders bytes, cut at a line end.
-func (q *Queue) originalHeader(name string) ([]byte, error) {
+func (q *Queue) originalHeader(name string, size int64) ([]byte, error) {
 	f, err := q.root.Open(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return readHeader(f)
+	return readHeader(io.LimitReader(f, size))
 }
 
 func readHeader(r io.Reader) ([]byte, error) {

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -59,4 +60,38 @@ func TestCorruptEnvelopeToCorrupt(t *testing.T) {
 			t.Errorf("%q: corrupt/ = %v", data, f)
 		}
 	}
+}
+
+// FuzzTrailer: no message file may panic the trailer reader, and what it
+// accepts records a size within the file.
+func FuzzTrailer(f *testing.F) {
+	const id = "01HZZZZZZZ000000"
+	msg := []byte("Subject: x\r\n\r\nhello\r\n")
+	env := []byte(`{"id":"` + id + `","from":"a@b","rcpts":[{"addr":"c@d","domain":"d","status":"pending"}],"received":"2024-01-01T00:00:00Z","size":21}`)
+	var good bytes.Buffer
+	good.Write(msg)
+	appendTrailer(&good, env)
+	f.Add(good.Bytes())
+	f.Add(good.Bytes()[:good.Len()-1])
+	f.Add([]byte(trailerMagic))
+	f.Add([]byte{})
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name := filepath.Join(dir, "m.eml")
+		if err := os.WriteFile(name, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fh, err := os.Open(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fh.Close()
+		e, err := readTrailer(fh, id)
+		if err != nil {
+			return
+		}
+		if e.Size < 0 || e.Size > int64(len(b))-footerLen {
+			t.Fatalf("size %d out of range for %d bytes", e.Size, len(b))
+		}
+	})
 }

@@ -191,18 +191,19 @@ func (q *Queue) recover() error {
 				q.toCorrupt(dir + "/" + name)
 			case ext == "eml":
 				if names[dir][id+".env"] || names[other[dir]][id+".env"] {
-					continue
+					continue // loaded with its .env
 				}
-				// Bytes without a commit marker: an uncommitted draft.
-				q.log.Info("queue: removing uncommitted message", "queue_id", id, "file", dir+"/"+name)
-				q.root.Remove(dir + "/" + name)
+				q.load(id, dir)
 			case ext == "env":
 				if !names[dir][id+".eml"] {
-					// A hold/release interrupted between its two renames.
-					if names[other[dir]][id+".eml"] && q.root.Rename(path(other[dir], id, ".eml"), path(dir, id, ".eml")) == nil {
+					switch {
+					case names[other[dir]][id+".eml"] && q.root.Rename(path(other[dir], id, ".eml"), path(dir, id, ".eml")) == nil:
+						// A hold/release interrupted between its two renames.
 						q.log.Info("queue: completed an interrupted move", "queue_id", id, "dir", dir)
-					} else {
-						q.log.Error("queue: envelope without message, moved to corrupt/", "queue_id", id, "dir", dir)
+					default:
+						// The bytes go first when a message is removed, so
+						// this is most likely a removal cut short.
+						q.log.Warn("queue: envelope without message, moved to corrupt/", "queue_id", id, "dir", dir)
 						q.toCorrupt(path(dir, id, ".env"))
 						continue
 					}
@@ -227,17 +228,21 @@ const maxEnvSize = 16 << 20
 
 // load reads one committed message into the scheduler.
 func (q *Queue) load(id, dir string) {
-	b, err := q.readFileLimit(path(dir, id, ".env"), maxEnvSize)
-	var env *Envelope
-	if err == nil {
-		env, err = parseEnvelope(b, id)
+	env, hasEnv, err := readEnvelope(q.root, dir, id)
+	if !hasEnv && errors.Is(err, errNoTrailer) {
+		// Bytes without a committed envelope: an uncommitted draft.
+		q.log.Info("queue: removing uncommitted message", "queue_id", id, "file", path(dir, id, ".eml"))
+		q.root.Remove(path(dir, id, ".eml"))
+		return
 	}
 	if err == nil && neverAttempted(env) {
 		err = q.checkBody(env, dir)
 	}
 	if err != nil {
 		q.log.Error("queue: unreadable envelope, moved to corrupt/", "queue_id", id, "dir", dir, "err", err)
-		q.toCorrupt(path(dir, id, ".env"))
+		if hasEnv {
+			q.toCorrupt(path(dir, id, ".env"))
+		}
 		q.toCorrupt(path(dir, id, ".eml"))
 		return
 	}
@@ -274,7 +279,7 @@ func (q *Queue) checkBody(env *Envelope, dir string) error {
 	}
 	defer f.Close()
 	h := crc32.New(castagnoli)
-	n, err := io.Copy(h, f)
+	n, err := io.Copy(h, io.LimitReader(f, env.Size))
 	if err != nil {
 		return err
 	}
@@ -315,14 +320,16 @@ func (q *Queue) toCorrupt(name string) {
 	}
 }
 
-// removeFiles deletes a message: the marker first, then the bytes, so a
-// crash in between leaves an uncommitted .eml that recovery removes.
+// removeFiles deletes a message: the bytes (with the envelope committed
+// in their trailer) first, then a later .env if there is one. A crash in
+// between leaves a .env without message, which recovery sets aside; the
+// other order could bring back the committed envelope and deliver again.
 func (q *Queue) removeFiles(id, dir string) error {
-	err := q.removeAt(dir, id+".env")
+	err := q.removeAt(dir, id+".eml")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	err = q.removeAt(dir, id+".eml")
+	err = q.removeAt(dir, id+".env")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

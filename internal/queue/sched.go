@@ -248,12 +248,18 @@ func (q *Queue) startLocked(j *job) {
 	e.running++
 	q.active++
 	q.domActive[j.domain]++
-	id, dir := e.env.ID, e.dir
+	id, dir, size := e.env.ID, e.dir, e.env.Size
 	d := &Delivery{
 		Env:    cloneEnv(e.env),
 		Domain: j.domain,
 		Rcpts:  rcpts,
-		Open:   func() (io.ReadCloser, error) { return q.openAt(dir, id+".eml", os.O_RDONLY, 0) },
+		Open: func() (io.ReadCloser, error) {
+			f, err := q.openAt(dir, id+".eml", os.O_RDONLY, 0)
+			if err != nil {
+				return nil, err
+			}
+			return bodyReader(f, size), nil
+		},
 	}
 	q.inflight.Add(1)
 	go q.deliver(j, d)

@@ -360,19 +360,20 @@ func (d *Draft) Commit(env *Envelope) error {
 	return nil
 }
 
-// commit makes the draft a queue entry with one round of fsyncs instead of
-// three in a row. The .eml and the .env are written, both renamed into
-// ready/, and then the .eml, the .env and ready/ are fsync'ed at the same
-// time (the directory by the group committer, shared with concurrent
-// commits), so the file system can cover them with one journal commit.
-// Only when all three are durable does Commit return.
+// commit makes the draft a queue entry with one round of fsyncs: the
+// envelope is appended to the message file as its trailer (see
+// appendTrailer), the file is renamed into ready/, and then the file and
+// ready/ are fsync'ed at the same time (the directory by the group
+// committer, shared with concurrent commits), so the file system can cover
+// them with one journal commit. Only when both are durable does Commit
+// return.
 //
-// A crash before that may leave a ready/<id>.env whose .eml (or the .env
-// itself) is incomplete, since the renames can reach the disk before the
-// data. That message was never acknowledged, and recovery recognises it:
-// the .env records the size and CRC-32C of the bytes; a .env that does not
-// parse (e.g. empty) and a message whose bytes do not match go to corrupt/
-// instead of being delivered (see Queue.load and Queue.checkBody).
+// A crash before that may leave a ready/<id>.eml that is incomplete, since
+// the rename can reach the disk before the data. That message was never
+// acknowledged, and recovery recognises it: a file without an intact
+// trailer is an uncommitted draft and is removed, and one whose bytes do
+// not match the size and CRC-32C in its trailer goes to corrupt/ instead
+// of being delivered (see Queue.recover, Queue.load and Queue.checkBody).
 func (d *Draft) commit(in *Envelope) error {
 	q := d.q
 	if q.closed.Load() {
@@ -386,27 +387,23 @@ func (d *Draft) commit(in *Envelope) error {
 		return err
 	}
 	env.BodyCRC32C = d.crc
+	b, err := json.Marshal(env)
+	if err != nil {
+		return err
+	}
+	if err := appendTrailer(d.w, b); err != nil {
+		return err
+	}
 	if err := d.w.Flush(); err != nil {
 		return err
 	}
 	d.release()
-	ef, tmpEnv, err := q.writeEnvTmp(env)
-	if err != nil {
-		return err
-	}
-	defer ef.Close()
 	eml := d.id + ".eml"
 	if err := q.renameAt(dirTmp, eml, dirReady, eml); err != nil {
-		q.removeAt(dirTmp, tmpEnv)
 		return err
 	}
-	if err := q.renameAt(dirTmp, tmpEnv, dirReady, d.id+".env"); err != nil {
-		q.removeAt(dirTmp, tmpEnv)
-		q.removeAt(dirReady, eml)
-		return fmt.Errorf("queue: commit %s: %w", d.id, err)
-	}
-	envSynced := make(chan error, 1)
-	go func() { envSynced <- ef.Sync() }()
+	// The file's fsync here, the directory's by the group committer
+	// (shared with concurrent commits), at the same time.
 	dirReq := &commitReq{dirs: bitReady, done: make(chan error, 1)}
 	var dirErr error
 	select {
@@ -415,9 +412,6 @@ func (d *Draft) commit(in *Envelope) error {
 		dirErr = errClosed
 	}
 	err = d.f.Sync()
-	if e := <-envSynced; err == nil {
-		err = e
-	}
 	if dirErr == nil {
 		dirErr = <-dirReq.done
 	}
@@ -429,8 +423,6 @@ func (d *Draft) commit(in *Envelope) error {
 	}
 	d.f = nil
 	if err != nil {
-		// Remove the marker first, then the bytes.
-		q.removeAt(dirReady, d.id+".env")
 		q.removeAt(dirReady, eml)
 		return fmt.Errorf("queue: commit %s: %w", d.id, err)
 	}

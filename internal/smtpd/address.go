@@ -18,6 +18,14 @@ const (
 	addrRelay              // 550 5.7.1: an address form that asks us to relay elsewhere
 )
 
+// RFC 5321 4.5.3.1: a local part has at most 64 octets, a path (with its
+// angle brackets) at most 256; longer ones are refused as syntax errors.
+// The domain's limit (255, or 253 without the root's dot) follows.
+const (
+	maxLocalPart = 64
+	maxPath      = 256
+)
+
 // parsedAddr is an envelope address parsed strictly by parsePath.
 type parsedAddr struct {
 	Addr pipeline.Address
@@ -45,7 +53,7 @@ var idnaLookup = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitiona
 // forms (it is only ever a DSN destination) except source routes.
 //
 // Everywhere: the path must be in angle brackets; C0 controls, DEL, NUL,
-// spaces and invalid UTF-8 are syntax errors. rest is what follows '>'
+// spaces, invalid UTF-8 and RFC 5321 length overruns are syntax errors. rest is what follows '>'
 // (ESMTP parameters), which is empty or starts with a space.
 func parsePath(arg string, rcpt bool) (pa parsedAddr, rest string, kind addrErrKind) {
 	s := strings.TrimLeft(arg, " ")
@@ -94,7 +102,7 @@ func parsePath(arg string, rcpt bool) (pa parsedAddr, rest string, kind addrErrK
 		pa.Null = true
 		return pa, rest, addrOK
 	}
-	if len(inner) > 320 {
+	if len(inner) > maxPath-2 {
 		return pa, "", addrSyntax
 	}
 	if inner[0] == '@' {
@@ -157,6 +165,9 @@ func parsePath(arg string, rcpt bool) (pa parsedAddr, rest string, kind addrErrK
 		if local == "" {
 			return pa, "", addrSyntax
 		}
+	}
+	if len(local) > maxLocalPart {
+		return pa, "", addrSyntax
 	}
 	domain := inner[i+1:]
 	if domain == "" {

@@ -50,6 +50,11 @@ type Config struct {
 	// commands a client may send before "421 4.7.0 Too many errors" and a
 	// disconnect. Default 10.
 	MaxErrors int `yaml:"max_errors"`
+	// MaxJunkCommands is how many commands that move no mail forward
+	// (NOOP, RSET, VRFY, HELP, HELO/EHLO) a client may send since its last
+	// accepted message before "421 4.7.0" and a disconnect (Postfix
+	// smtpd_junk_command_limit). Default 100.
+	MaxJunkCommands int `yaml:"max_junk_commands"`
 	// TLSCert and TLSKey are PEM files for STARTTLS. When both are empty a
 	// self-signed ECDSA certificate is generated on first start in TLSDir
 	// and kept there.
@@ -91,6 +96,7 @@ func DefaultConfig() Config {
 		MaxConnectionsPerIP:  20,
 		ConnRatePerIP:        120,
 		MaxErrors:            10,
+		MaxJunkCommands:      100,
 	}
 }
 
@@ -149,6 +155,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxErrors < 1 {
 		errs = append(errs, errors.New("max_errors: must be >= 1"))
+	}
+	if c.MaxJunkCommands < 10 {
+		errs = append(errs, errors.New("max_junk_commands: must be >= 10"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("tls_cert: tls_cert and tls_key must be set together"))

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,6 +55,7 @@ type sconn struct {
 	started    time.Time
 	sessionEnd time.Time
 	pc         *pipeline.Conn
+	sess       *session // set by newSession; same goroutine as Read/Write
 	log        *slog.Logger
 	ctx        context.Context
 	cancel     context.CancelFunc
@@ -78,6 +80,8 @@ type sconn struct {
 	esmtp       bool
 	tlsOn       bool
 	errors      int
+	junk        int // NOOP, RSET, VRFY, HELO... since the last accepted message
+	rcptTried   int // RCPT commands since the last accepted MAIL
 	txns        int
 	connResults []verdict.Result // Runner.Conn results, kept to rebuild the report on a new HELO
 	heloDec     policy.Decision
@@ -315,6 +319,7 @@ func (c *sconn) command(line []byte) []byte {
 	verbB, arg, _ := bytes.Cut(line, []byte(" "))
 	arg = bytes.TrimSpace(arg)
 	verb := string(bytes.ToUpper(verbB))
+	c.lastVerb = verb
 	if verb != "MAIL" && verb != "RCPT" { // their paths get the address parser's 501
 		for _, b := range line {
 			if b < ' ' && b != '\t' || b == 0x7f {
@@ -328,12 +333,16 @@ func (c *sconn) command(line []byte) []byte {
 		c.reply(500, [3]int{5, 5, 2}, "Error: bad syntax", "syntax", true)
 		return nil
 	case "HELO", "EHLO":
+		if c.junkCommand() {
+			return nil
+		}
 		h, _, _ := bytes.Cut(arg, []byte(" "))
 		c.pendingHelo = string(h)
 	case "MAIL", "RCPT":
 		prefix := "FROM:"
 		if verb == "RCPT" {
 			prefix = "TO:"
+			c.rcptTried++
 		}
 		if len(arg) >= len(prefix) && bytes.EqualFold(arg[:len(prefix)], []byte(prefix)) {
 			pa, rest, kind := parsePath(string(arg[len(prefix):]), verb == "RCPT")
@@ -349,6 +358,9 @@ func (c *sconn) command(line []byte) []byte {
 				c.reply(550, [3]int{5, 7, 1}, "Relaying denied", "relay", true)
 				return nil
 			}
+			if !c.checkParams(verb, rest, pa) {
+				return nil
+			}
 			c.cmdAddr = pa
 			// Hand go-smtp a canonical path: it has no business seeing the
 			// forms it would parse leniently.
@@ -359,14 +371,34 @@ func (c *sconn) command(line []byte) []byte {
 			out = append(out, prefix...)
 			out = append(out, canon...)
 			out = append(out, rest...)
-			c.lastVerb = verb
 			return append(out, crlf...)
 		}
-	case "DATA", "RSET", "NOOP", "QUIT", "VRFY":
+	case "DATA", "QUIT":
+	case "RSET", "NOOP":
+		if c.junkCommand() {
+			return nil
+		}
+	case "VRFY":
+		// Never enumerates users (RFC 5321 3.5.3 allows 252).
+		if c.junkCommand() {
+			return nil
+		}
+		if len(arg) == 0 {
+			c.reply(501, [3]int{5, 5, 4}, "Syntax: VRFY address", "syntax", true)
+		} else {
+			c.reply(252, [3]int{2, 5, 0}, "Cannot VRFY user, but will accept message and attempt delivery", "", false)
+		}
+		return nil
+	case "HELP":
+		if c.junkCommand() {
+			return nil
+		}
+		c.reply(214, [3]int{2, 0, 0}, "See RFC 5321 (https://www.rfc-editor.org/rfc/rfc5321)", "", false)
+		return nil
 	case "STARTTLS":
 		c.startTLS(len(arg) > 0)
 		return nil
-	case "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "ATRN", "HELP", "SEND", "SOML", "SAML", "LHLO":
+	case "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "LHLO":
 		c.reply(502, [3]int{5, 5, 1}, "Command not implemented", "unknown_command", true)
 		return nil
 	default:
@@ -374,7 +406,6 @@ func (c *sconn) command(line []byte) []byte {
 		c.reply(500, [3]int{5, 5, 2}, "Error: command not recognized", "unknown_command", true)
 		return nil
 	}
-	c.lastVerb = verb
 	out := make([]byte, 0, len(verb)+len(arg)+3)
 	out = append(out, verb...)
 	if len(arg) > 0 {
@@ -382,6 +413,95 @@ func (c *sconn) command(line []byte) []byte {
 		out = append(out, arg...)
 	}
 	return append(out, crlf...)
+}
+
+// junkCommand counts a command that moves no mail forward (NOOP, RSET,
+// VRFY, HELP, HELO/EHLO). Past max_junk_commands since the last accepted
+// message it answers "421 4.7.0", ends the session and reports true.
+func (c *sconn) junkCommand() bool {
+	c.junk++
+	if c.junk <= c.srv.cfg.MaxJunkCommands {
+		return false
+	}
+	c.endReason = "too many junk commands"
+	c.reply(421, [3]int{4, 7, 0}, "Too many commands without mail, closing connection", "junk_commands", false)
+	c.dead = io.EOF
+	return true
+}
+
+// checkParams vets the ESMTP parameters of MAIL and RCPT (rest, after the
+// path) before go-smtp sees them, and the envelope's character set: only
+// what Moat advertises is accepted (SIZE, BODY, SMTPUTF8 on MAIL; nothing
+// on RCPT, as DSN is not offered). It answers and reports false on refusal.
+func (c *sconn) checkParams(verb, rest string, pa parsedAddr) bool {
+	seen := map[string]bool{}
+	utf8Param := false
+	for _, p := range strings.Fields(rest) {
+		key, val, hasVal := strings.Cut(p, "=")
+		key = strings.ToUpper(key)
+		if !esmtpKeyword(key) || seen[key] {
+			c.reply(501, [3]int{5, 5, 4}, "Bad parameter syntax", "syntax", true)
+			return false
+		}
+		seen[key] = true
+		if verb == "RCPT" {
+			c.reply(555, [3]int{5, 5, 4}, "Unsupported option: "+cleanText(key), "syntax", true)
+			return false
+		}
+		switch key {
+		case "SIZE":
+			n, err := strconv.ParseUint(val, 10, 64)
+			if !hasVal || err != nil || len(val) > 20 {
+				c.reply(501, [3]int{5, 5, 4}, "Bad SIZE syntax", "syntax", true)
+				return false
+			}
+			if n > uint64(c.srv.cfg.MaxMessageSize) {
+				c.reply(552, [3]int{5, 3, 4}, "Message size exceeds fixed limit", "size", false)
+				return false
+			}
+		case "BODY":
+			if v := strings.ToUpper(val); v != "7BIT" && v != "8BITMIME" {
+				c.reply(501, [3]int{5, 5, 4}, "Bad BODY syntax", "syntax", true)
+				return false
+			}
+		case "SMTPUTF8":
+			if hasVal {
+				c.reply(501, [3]int{5, 5, 4}, "Bad SMTPUTF8 syntax", "syntax", true)
+				return false
+			}
+			utf8Param = true
+		default:
+			c.reply(555, [3]int{5, 5, 4}, "Unsupported option: "+cleanText(key), "syntax", true)
+			return false
+		}
+	}
+	if verb == "MAIL" && !utf8Param && !isASCII(pa.Addr.Raw) {
+		c.reply(553, [3]int{5, 6, 7}, "Must declare SMTPUTF8 to send unicode address", "smtputf8", true)
+		return false
+	}
+	return true
+}
+
+// esmtpKeyword: ALPHA / DIGIT followed by ALPHA / DIGIT / "-" (RFC 5321).
+func esmtpKeyword(k string) bool {
+	if k == "" || k[0] == '-' || len(k) > 32 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *sconn) startTLS(hasArg bool) {
@@ -632,6 +752,30 @@ func (c *sconn) filter(line []byte) []byte {
 		if capa == "CHUNKING" || capa == "STARTTLS" && (c.tlsOn || c.srv.tls == nil) {
 			return nil
 		}
+		if c.lastVerb == "EHLO" && strings.HasPrefix(capa, "Hello ") {
+			// RFC 5321 4.1.1.1: the first line names the server.
+			return []byte("250-" + c.srv.cfg.Hostname + " " + capa + "\r\n")
+		}
+	}
+	if code == 502 && final && c.reason == "" {
+		// go-smtp answers a command out of sequence with 502 (not
+		// implemented); RFC 5321 says 503 (bad sequence).
+		switch c.lastVerb {
+		case "MAIL":
+			line, code = []byte("503 5.5.1 Error: send HELO/EHLO first\r\n"), 503
+		case "RCPT":
+			line, code = []byte("503 5.5.1 Error: need MAIL command\r\n"), 503
+		case "DATA":
+			switch {
+			case c.sess == nil || c.sess.txn == nil:
+				line, code = []byte("503 5.5.1 Error: need MAIL command\r\n"), 503
+			case c.rcptTried > 0:
+				// Every pipelined RCPT was refused (RFC 2920 3.1).
+				line, code = []byte("554 5.5.1 Error: no valid recipients\r\n"), 554
+			default:
+				line, code = []byte("503 5.5.1 Error: need RCPT command\r\n"), 503
+			}
+		}
 	}
 	if !final {
 		return line
@@ -639,6 +783,8 @@ func (c *sconn) filter(line []byte) []byte {
 	switch {
 	case code == 354:
 		c.startData()
+	case code == 250 && c.lastVerb == "DATA":
+		c.junk = 0 // a message was accepted
 	case code == 250 && (c.lastVerb == "HELO" || c.lastVerb == "EHLO"):
 		c.heloSeen, c.heloRan = true, false
 		c.esmtp = c.lastVerb == "EHLO"

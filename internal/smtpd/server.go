@@ -280,15 +280,16 @@ func (l *listener) Accept() (net.Conn, error) {
 func (s *Server) refuse(c net.Conn, reason string) {
 	s.metrics.connRefused.WithLabelValues(reason).Inc()
 	s.metrics.reject(reason, 421)
-	text := "Too many connections from your address, try again later"
+	code, text := "421 4.7.0 ", "Too many connections from your address, try again later"
 	switch reason {
 	case "max_connections":
-		text = "Server busy, try again later"
+		// 4.3.2: the system is not accepting network messages (RFC 3463).
+		code, text = "421 4.3.2 ", "All server ports are busy, try again later"
 	case "rate":
 		text = "Too many connections too fast from your address, try again later"
 	}
 	c.SetWriteDeadline(time.Now().Add(time.Second))
-	io.WriteString(c, "421 4.7.0 "+s.cfg.Hostname+" "+text+"\r\n")
+	io.WriteString(c, code+s.cfg.Hostname+" "+text+"\r\n")
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.CloseWrite()
 	}

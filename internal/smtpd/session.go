@@ -63,7 +63,9 @@ func (s *Server) newSession(gc *smtp.Conn) (smtp.Session, error) {
 	if !ok {
 		return nil, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: replyInternal.Text}
 	}
-	return &session{srv: s, c: c}, nil
+	sess := &session{srv: s, c: c}
+	c.sess = sess
+	return sess, nil
 }
 
 // fail returns the error go-smtp turns into r, and tells sconn why, for
@@ -142,7 +144,9 @@ func (s *session) endTxn(outcome string) {
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer s.recoverTo(&err, nil)
-	s.endTxn("no_data")
+	if s.txn != nil {
+		return s.fail("sequence", verdict.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Text: "Error: nested MAIL command"}, true)
+	}
 	if !s.c.heloSeen {
 		return s.fail("sequence", replySequence, true)
 	}
@@ -151,6 +155,7 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	}
 	pa := s.c.cmdAddr
 	s.c.txns++
+	s.c.rcptTried = 0
 	t := &txnState{
 		t: &pipeline.Txn{
 			Conn:   s.c.pc,
@@ -181,6 +186,10 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 		return s.fail("sequence", verdict.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Text: "Need MAIL first"}, true)
 	}
 	pa := s.c.cmdAddr
+	if !t.utf8 && !isASCII(pa.Addr.Raw) {
+		t.refused++
+		return s.fail("smtputf8", verdict.Reply{Code: 553, Enhanced: [3]int{5, 6, 7}, Text: "Must declare SMTPUTF8 to send unicode address"}, true)
+	}
 	ok, derr := s.srv.deps.Domains(s.c.ctx, pa.Lookup)
 	if derr != nil {
 		t.refused++
@@ -223,7 +232,13 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
-const maxHeaderCapture = 64 << 10
+// maxHeaderCapture is the most of the header section kept for the checks.
+// It is also the limit of the header section: a longer one is refused
+// (552 5.3.4, as Exchange does), since fields past what the checks parse
+// (a second From:, say) would reach the recipient unexamined.
+const maxHeaderCapture = 256 << 10
+
+var replyHeaderTooBig = verdict.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Text: "Message header section exceeds 256 KiB"}
 
 func (s *session) Data(r io.Reader) (err error) {
 	var d Draft // nil again once committed, aborted or handed over
@@ -247,7 +262,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	bp := bufPool.Get().(*[]byte)
 	buf := *bp
 	var hdr []byte
-	hdrDone := false
+	hdrDone, hdrTooBig := false, false
 	var size int64
 	var rerr, werr error
 	for {
@@ -261,6 +276,7 @@ func (s *session) Data(r io.Reader) (err error) {
 					hdrDone = true
 				} else if len(hdr) >= maxHeaderCapture {
 					hdrDone = true
+					hdrTooBig = allFieldLines(hdr)
 				}
 			}
 			size += int64(n)
@@ -302,6 +318,9 @@ func (s *session) Data(r io.Reader) (err error) {
 	case s.c.dflags.longLine:
 		abort()
 		return s.finish(t, nil, "rejected", "line_length", replyLongLine, size)
+	case hdrTooBig:
+		abort()
+		return s.finish(t, nil, "rejected", "header_size", replyHeaderTooBig, size)
 	}
 
 	msg := &pipeline.Message{Header: parseHeader(hdr), Size: size, Open: d.Open}
@@ -425,7 +444,7 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 		From:     t.t.From.String(),
 		Received: time.Now().UTC(),
 		Client: queue.ClientInfo{
-			IP: pc.IP.String(), Port: pc.Port, Helo: pc.Helo, TLS: s.c.tlsOn, Proto: proto,
+			IP: pc.IP.String(), Port: pc.Port, Helo: pc.Helo, PTR: pc.ClientName(), TLS: s.c.tlsOn, Proto: proto,
 		},
 		Size:     size,
 		EightBit: t.eightBit,
@@ -536,6 +555,30 @@ func parseHeader(h []byte) textproto.MIMEHeader {
 		hdr = textproto.MIMEHeader{}
 	}
 	return hdr
+}
+
+// allFieldLines reports whether every complete line of b is a header
+// field line or a continuation, i.e. whether the header section goes on
+// past b (rather than b holding a body without a header).
+func allFieldLines(b []byte) bool {
+	first := true
+	for {
+		i := bytes.Index(b, crlf)
+		if i < 0 {
+			return true
+		}
+		line := b[:i]
+		b = b[i+2:]
+		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') && !first {
+			first = false
+			continue
+		}
+		first = false
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !validFieldName(string(line[:colon])) {
+			return false
+		}
+	}
 }
 
 // dataEnd is when the DATA phase ended (for the latency histogram).

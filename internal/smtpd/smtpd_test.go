@@ -146,7 +146,7 @@ func TestRelayTricks(t *testing.T) {
 	// Case games and a trailing dot still reach the customer domain.
 	c.expect("RCPT TO:<user@CUSTOMER.example.>", "250 ")
 	c.expect("RSET", "250 ")
-	c.expect("DATA", "502 ") // no transaction any more
+	c.expect("DATA", "503 5.5.1") // no transaction any more
 	if n := len(e.spool.ids()); n != 0 {
 		t.Fatalf("%d messages committed", n)
 	}
@@ -270,7 +270,7 @@ func TestStartTLSInjection(t *testing.T) {
 			t.Fatalf("STARTTLS advertised under TLS: %q", lines)
 		}
 	}
-	c.expect("RCPT TO:<b@customer.example>", "502 ")
+	c.expect("RCPT TO:<b@customer.example>", "503 5.5.1")
 	c.expect("MAIL FROM:<a@sender.test>", "250 ")
 	c.expect("RCPT TO:<b@customer.example>", "250 ")
 	c.expect("DATA", "354 ")

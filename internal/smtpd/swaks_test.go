@@ -32,7 +32,9 @@ func TestSwaks(t *testing.T) {
 	}{
 		{"plain", []string{"--from", "a@sender.test", "--to", "b@customer.example"}},
 		{"pipelined", []string{"--pipeline", "--from", "a@sender.test", "--to", "b@customer.example,c@other.example"}},
-		{"utf8 address", []string{"--from", "jörg@sender.test", "--to", "müller@bücher.example"}},
+		// swaks cannot declare SMTPUTF8, so its UTF-8 goes in the content
+		// (a UTF-8 address without SMTPUTF8 is refused, below).
+		{"utf8 content", []string{"--from", "a@sender.test", "--to", "b@customer.example", "--header", "Subject: Grüße aus Köln", "--body", "Ünïcödé body ✓"}},
 		{"large", []string{"--from", "a@sender.test", "--to", "b@customer.example", "--data", bigFile}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -55,6 +57,12 @@ func TestSwaks(t *testing.T) {
 	out, err := runSwaks(t, e, "--from", "a@sender.test", "--to", "b@victim.example")
 	if err == nil || !strings.Contains(out, "550 5.7.1 Relaying denied") {
 		t.Fatalf("relay through swaks: %v\n%s", err, tail(out))
+	}
+	// RFC 6531: a UTF-8 address needs MAIL ... SMTPUTF8, which swaks
+	// does not send.
+	out, err = runSwaks(t, e, "--from", "jörg@sender.test", "--to", "müller@bücher.example")
+	if err == nil || !strings.Contains(out, "553 5.6.7") {
+		t.Fatalf("UTF-8 address without SMTPUTF8: %v\n%s", err, tail(out))
 	}
 	if n := len(e.spool.ids()); n != before {
 		t.Fatalf("%d committed after refusals", n-before)

@@ -2,7 +2,6 @@ package web
 
 import (
 	"cmp"
-	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -476,12 +475,7 @@ func (s *server) trackingMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	id := r.PathValue("id")
 	m, err := s.tracker.Message(r.Context(), id, !sc.all, sc.domains)
-	if errors.Is(err, tracking.ErrNotFound) {
-		s.notFound(w, r, err)
-		return
-	}
-	if err != nil {
-		s.internal(w, r, err)
+	if s.lookupFailed(w, r, err, tracking.ErrNotFound) {
 		return
 	}
 	evs, err := s.tracker.Events(r.Context(), m.QueueID)

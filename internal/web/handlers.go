@@ -115,12 +115,7 @@ type showData struct {
 
 func (s *server) show(w http.ResponseWriter, r *http.Request) {
 	e, err := s.entry(r, r.PathValue("id"))
-	if errors.Is(err, quarantine.ErrNotFound) {
-		s.notFound(w, r, err)
-		return
-	}
-	if err != nil {
-		s.internal(w, r, err)
+	if s.lookupFailed(w, r, err, quarantine.ErrNotFound) {
 		return
 	}
 	d := showData{E: e, CanAct: e.State == quarantine.Held}
@@ -143,12 +138,7 @@ func (s *server) show(w http.ResponseWriter, r *http.Request) {
 // the preview, under a CSP that allows no script and no network access.
 func (s *server) body(w http.ResponseWriter, r *http.Request) {
 	e, err := s.entry(r, r.PathValue("id"))
-	if errors.Is(err, quarantine.ErrNotFound) {
-		s.notFound(w, r, err)
-		return
-	}
-	if err != nil {
-		s.internal(w, r, err)
+	if s.lookupFailed(w, r, err, quarantine.ErrNotFound) {
 		return
 	}
 	rc, err := s.q.Open(r.Context(), e.ID)
@@ -246,12 +236,7 @@ var errUnknownAction = errors.New("unknown action")
 func (s *server) act(w http.ResponseWriter, r *http.Request) {
 	action := r.PathValue("action")
 	e, err := s.entry(r, r.PathValue("id"))
-	if errors.Is(err, quarantine.ErrNotFound) {
-		s.notFound(w, r, err)
-		return
-	}
-	if err != nil {
-		s.internal(w, r, err)
+	if s.lookupFailed(w, r, err, quarantine.ErrNotFound) {
 		return
 	}
 	t := tally{}

@@ -336,6 +336,21 @@ func (s *server) internal(w http.ResponseWriter, r *http.Request, err error) {
 	s.message(w, r, http.StatusInternalServerError, "Something went wrong", "The request could not be completed. Please try again later.")
 }
 
+// lookupFailed answers a failed lookup: the not-found page when err is
+// notFound, the internal-error page otherwise. It reports whether err was
+// an error (and so the response is written).
+func (s *server) lookupFailed(w http.ResponseWriter, r *http.Request, err, notFound error) bool {
+	switch {
+	case err == nil:
+		return false
+	case errors.Is(err, notFound):
+		s.notFound(w, r, err)
+	default:
+		s.internal(w, r, err)
+	}
+	return true
+}
+
 // safeNext returns next if it is a local absolute path ("/..."), and the
 // quarantine list otherwise: no scheme, no host, no "//" or "/\" tricks.
 func safeNext(next string) string {

@@ -13,6 +13,7 @@ import (
 	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/policy"
 )
 
 func TestSymbolScale(t *testing.T) {
@@ -92,5 +93,22 @@ func TestCheckSilentThenScores(t *testing.T) {
 	}
 	if silent != 1 {
 		t.Fatalf("SILENT count %v", silent)
+	}
+}
+
+// TestDefaultThresholdIsTagPoint: the classifier's default threshold (the
+// point moat eval and moat classify report) is where this check alone
+// reaches the default policy's tag score, and no lower probability does.
+func TestDefaultThresholdIsTagPoint(t *testing.T) {
+	tag := policy.Default().TagScore
+	thr := DefaultConfig().Classifier.Threshold
+	if thr != classify.TagProb {
+		t.Fatalf("default threshold %v, tag point %v", thr, classify.TagProb)
+	}
+	if s := Symbol(thr); s.Score < tag || s.Name != "BAYES_99" {
+		t.Fatalf("Symbol(%v) = %+v: below the tag score %v", thr, s, tag)
+	}
+	if s := Symbol(thr - 0.001); s.Score >= tag {
+		t.Fatalf("Symbol(%v) = %+v: tags below the threshold", thr-0.001, s)
 	}
 }

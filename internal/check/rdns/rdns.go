@@ -1,7 +1,9 @@
 // Package rdns is layer 1: the client must have a reverse DNS name (PTR)
 // that forward-confirms (FCrDNS: one of its PTR names resolves back to the
 // client address). The lookup runs as the connection's "rdns" future, so
-// the botnet and HELO checks read the same answer.
+// the botnet and HELO checks read the same answer, and a confirmed name is
+// recorded on the connection (pipeline.Conn.ClientName) for the Received
+// field and XCLIENT NAME.
 package rdns
 
 import (
@@ -129,6 +131,9 @@ func lookup(ctx context.Context, r dnsx.Resolver, c *pipeline.Conn) (Info, error
 		for _, ip := range ips {
 			if ip.Unmap() == c.IP.Unmap() {
 				info.Name, info.Confirmed = n, true
+				if hostnameSyntax(n) {
+					c.SetClientName(n)
+				}
 				return info, nil
 			}
 		}
@@ -176,4 +181,32 @@ func (k *Check) CheckConn(ctx context.Context, c *pipeline.Conn) verdict.Result 
 		res.Symbols = []verdict.Symbol{{Name: SymNotFCrDNS, Score: k.cfg.NotFCrDNSWeight, Detail: info.Name + " does not resolve to " + c.IP.String()}}
 	}
 	return res
+}
+
+// hostnameSyntax reports whether n is a plain host name (LDH labels, '_'
+// tolerated) fit to appear in a Received field or XCLIENT NAME; a PTR
+// record can hold any bytes.
+func hostnameSyntax(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(n); i++ {
+		switch c := n[i]; {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+			continue
+		case c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z':
+		default:
+			return false
+		}
+		label++
+		if label > 63 {
+			return false
+		}
+	}
+	return label > 0
 }

@@ -23,6 +23,8 @@ func setup(t *testing.T) (*dnstest.Server, *dnsx.Client) {
 		"liar.example. 300 IN A 192.0.2.1",
 		"13.0.0.127.in-addr.arpa. 300 IN PTR broken.example.",
 		"14.0.0.127.in-addr.arpa. 300 IN PTR slow.example.",
+		"17.0.0.127.in-addr.arpa. 300 IN PTR bad\\(name.example.",
+		"bad\\(name.example. 300 IN A 127.0.0.17",
 	)
 	srv.Fail("broken.example", dns.RcodeServerFailure)
 	srv.Fail("15.0.0.127.in-addr.arpa", dns.RcodeServerFailure)
@@ -102,7 +104,31 @@ func TestRDNS(t *testing.T) {
 			if confirmed != tc.confirm {
 				t.Fatalf("Name = %q %v %v, want confirmed %v", name, confirmed, err, tc.confirm)
 			}
+			// The connection carries the confirmed name (for Received and
+			// XCLIENT NAME), and nothing for an unconfirmed one.
+			if want := map[bool]string{true: name, false: ""}[tc.confirm]; c.ClientName() != want {
+				t.Fatalf("ClientName = %q, want %q", c.ClientName(), want)
+			}
 		})
+	}
+}
+
+// A PTR name that forward-confirms but is no host name (DNS allows any
+// bytes) is not put on the connection: it would end up in a header field.
+func TestClientNameSyntax(t *testing.T) {
+	_, r := setup(t)
+	c := conn("127.0.0.17")
+	name, ok, err := Name(context.Background(), c, r)
+	if err != nil || !ok || name == "" {
+		t.Fatalf("Name = %q %v %v, want a confirmed odd name", name, ok, err)
+	}
+	if c.ClientName() != "" {
+		t.Fatalf("ClientName = %q, want none", c.ClientName())
+	}
+	for n, want := range map[string]bool{"mail.example.com": true, "a_b-c.d9": true, "": false, "a..b": false, "a b": false, "a(b": false, ".a": false} {
+		if hostnameSyntax(n) != want {
+			t.Errorf("hostnameSyntax(%q) = %v", n, !want)
+		}
 	}
 }
 

@@ -1,6 +1,8 @@
 // Package clamdtest runs a real clamd (Debian clamav-daemon, /usr/sbin/clamd)
 // for tests, on a Unix socket and a loopback TCP port, with a tiny signature
 // database built locally: no signature download is needed or attempted.
+// Starting and stopping clamd is internal/clamdrun's work; this package adds
+// the testing glue.
 //
 // The database holds two signatures:
 //
@@ -23,41 +25,32 @@
 package clamdtest
 
 import (
-	"bufio"
-	"crypto/md5"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"moat.dev/moat/internal/clamdrun"
 )
 
 // EICAR is the standard anti-virus test file (68 bytes).
-const EICAR = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+const EICAR = clamdrun.EICAR
 
 const (
 	// EICARSignature is the name clamd reports for EICAR.
-	EICARSignature = "Eicar-Signature.UNOFFICIAL"
+	EICARSignature = clamdrun.EICARSignature
 	// SampleSignature is the name clamd reports for SampleMarker.
-	SampleSignature = "Moat.Test.Sample.UNOFFICIAL"
+	SampleSignature = clamdrun.SampleSignature
 )
 
 // SampleMarker is a random string, fixed for one test binary run, that the
 // test database detects as SampleSignature.
-var SampleMarker = "MOAT-TEST-VIRUS-" + randHex(8)
+var SampleMarker = clamdrun.SampleMarker
 
 // DefaultStreamMaxLength is the StreamMaxLength written to clamd.conf when
 // Options leaves it zero: small, so that oversize tests stay fast.
-const DefaultStreamMaxLength = 1 << 20
+const DefaultStreamMaxLength = clamdrun.DefaultStreamMaxLength
 
 // Options tune one instance. The zero value is fine.
 type Options struct {
@@ -67,24 +60,7 @@ type Options struct {
 }
 
 // Clamd is one running clamd.
-type Clamd struct {
-	// Unix is the Unix socket address in Moat's form, "unix:/path".
-	Unix string
-	// TCP is the TCP address in Moat's form, "tcp:127.0.0.1:port" ("" with NoTCP).
-	TCP string
-	// Addrs lists Unix and, if enabled, TCP.
-	Addrs []string
-	// Dir holds clamd.conf, the database, the socket and clamd.log.
-	Dir             string
-	StreamMaxLength int64
-
-	opts    Options
-	conf    string
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{}
-	stopped bool
-}
+type Clamd = clamdrun.Clamd
 
 // Tool returns the path of an external program, or skips (fails with
 // MOAT_REQUIRE_TOOLS=1) the test if it is not installed.
@@ -113,14 +89,23 @@ func Start(t testing.TB, opts ...Options) *Clamd {
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	clamd := Tool(t, "clamd", "/usr/sbin/clamd")
-	sigtool := Tool(t, "sigtool", "/usr/bin/sigtool")
-	c, err := start(clamd, sigtool, o)
+	c, err := clamdrun.Start(runOptions(t, o))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.cleanup)
+	t.Cleanup(c.Close)
 	return c
+}
+
+func runOptions(t testing.TB, o Options) clamdrun.Options {
+	t.Helper()
+	return clamdrun.Options{
+		Clamd:           Tool(t, "clamd", "/usr/sbin/clamd"),
+		Sigtool:         Tool(t, "sigtool", "/usr/bin/sigtool"),
+		StreamMaxLength: o.StreamMaxLength,
+		IdleTimeout:     o.IdleTimeout,
+		NoTCP:           o.NoTCP,
+	}
 }
 
 var shared struct {
@@ -135,9 +120,8 @@ var shared struct {
 // the test binary dies, through Pdeathsig).
 func Shared(t testing.TB) *Clamd {
 	t.Helper()
-	clamd := Tool(t, "clamd", "/usr/sbin/clamd")
-	sigtool := Tool(t, "sigtool", "/usr/bin/sigtool")
-	shared.once.Do(func() { shared.c, shared.err = start(clamd, sigtool, Options{}) })
+	o := runOptions(t, Options{})
+	shared.once.Do(func() { shared.c, shared.err = clamdrun.Start(o) })
 	if shared.err != nil {
 		t.Fatal(shared.err)
 	}
@@ -147,252 +131,6 @@ func Shared(t testing.TB) *Clamd {
 // Cleanup stops the shared instance, if one was started.
 func Cleanup() {
 	if shared.c != nil {
-		shared.c.cleanup()
+		shared.c.Close()
 	}
-}
-
-func start(clamdPath, sigtoolPath string, o Options) (*Clamd, error) {
-	if o.StreamMaxLength <= 0 {
-		o.StreamMaxLength = DefaultStreamMaxLength
-	}
-	// A short directory: Unix socket paths are limited to 107 bytes, and
-	// t.TempDir() paths grow with the test name.
-	dir, err := os.MkdirTemp("", "moat-clamd-")
-	if err != nil {
-		return nil, err
-	}
-	c := &Clamd{Dir: dir, opts: o, StreamMaxLength: o.StreamMaxLength, conf: filepath.Join(dir, "clamd.conf")}
-	if err := c.buildDB(sigtoolPath); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	// A free port is found by listening on :0 and closing; another process
-	// could take it before clamd binds, so retry with a new port on failure.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		if err := c.writeConf(); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
-		if lastErr = c.run(clamdPath); lastErr == nil {
-			return c, nil
-		}
-	}
-	os.RemoveAll(dir)
-	return nil, lastErr
-}
-
-func (c *Clamd) buildDB(sigtool string) error {
-	db := filepath.Join(c.Dir, "db")
-	if err := os.MkdirAll(filepath.Join(c.Dir, "tmp"), 0o700); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(db, 0o700); err != nil {
-		return err
-	}
-	// The .hdb line is produced by sigtool from a real file, as an operator
-	// would; we check it against our own MD5 so a sigtool change is noticed.
-	eicarFile := filepath.Join(c.Dir, "eicar.com")
-	if err := os.WriteFile(eicarFile, []byte(EICAR), 0o600); err != nil {
-		return err
-	}
-	out, err := exec.Command(sigtool, "--md5", eicarFile).Output()
-	if err != nil {
-		return fmt.Errorf("sigtool --md5: %w", err)
-	}
-	os.Remove(eicarFile)
-	sum := md5.Sum([]byte(EICAR))
-	want := hex.EncodeToString(sum[:]) + ":" + strconv.Itoa(len(EICAR)) + ":"
-	line := strings.TrimSpace(string(out))
-	if !strings.HasPrefix(line, want) {
-		return fmt.Errorf("sigtool --md5 printed %q, want prefix %q", line, want)
-	}
-	hdb := want + strings.TrimSuffix(EICARSignature, ".UNOFFICIAL") + "\n"
-	ndb := strings.TrimSuffix(EICARSignature, ".UNOFFICIAL") + ":0:*:" + hex.EncodeToString([]byte(EICAR)) + "\n" +
-		strings.TrimSuffix(SampleSignature, ".UNOFFICIAL") + ":0:*:" + hex.EncodeToString([]byte(SampleMarker)) + "\n"
-	if err := os.WriteFile(filepath.Join(db, "moat-test.hdb"), []byte(hdb), 0o600); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(db, "moat-test.ndb"), []byte(ndb), 0o600)
-}
-
-func (c *Clamd) writeConf() error {
-	sock := filepath.Join(c.Dir, "clamd.sock")
-	c.Unix = "unix:" + sock
-	c.Addrs = []string{c.Unix}
-	var b strings.Builder
-	fmt.Fprintf(&b, "Foreground yes\nLocalSocket %s\nDatabaseDirectory %s\nTemporaryDirectory %s\n",
-		sock, filepath.Join(c.Dir, "db"), filepath.Join(c.Dir, "tmp"))
-	fmt.Fprintf(&b, "LogFile %s\nLogTime no\nStreamMaxLength %d\n", filepath.Join(c.Dir, "clamd.log"), c.StreamMaxLength)
-	b.WriteString("ScanArchive yes\nScanMail yes\nBytecode no\nMaxThreads 4\nSelfCheck 0\n")
-	if c.opts.IdleTimeout > 0 {
-		fmt.Fprintf(&b, "IdleTimeout %d\n", int((c.opts.IdleTimeout+time.Second-1)/time.Second))
-	}
-	if os.Geteuid() == 0 {
-		b.WriteString("User root\n")
-	}
-	if !c.opts.NoTCP {
-		port, err := freePort()
-		if err != nil {
-			return err
-		}
-		c.TCP = "tcp:127.0.0.1:" + strconv.Itoa(port)
-		c.Addrs = append(c.Addrs, c.TCP)
-		fmt.Fprintf(&b, "TCPAddr 127.0.0.1\nTCPSocket %d\n", port)
-	}
-	return os.WriteFile(c.conf, []byte(b.String()), 0o600)
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// run starts clamd with the current config and waits until it answers PING
-// on every address.
-func (c *Clamd) run(clamdPath string) error {
-	os.Remove(strings.TrimPrefix(c.Unix, "unix:"))
-	cmd := exec.Command(clamdPath, "--foreground", "--config-file="+c.conf)
-	cmd.Dir = c.Dir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start clamd: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	c.mu.Lock()
-	c.cmd, c.exited, c.stopped = cmd, exited, false
-	c.mu.Unlock()
-
-	deadline := time.Now().Add(60 * time.Second)
-	delay := 5 * time.Millisecond
-	for _, addr := range c.Addrs {
-		for {
-			select {
-			case <-exited:
-				return fmt.Errorf("clamd exited during startup: %s", c.logTail())
-			default:
-			}
-			if ping(addr) == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				c.kill()
-				return fmt.Errorf("clamd did not answer PING on %s within 60s: %s", addr, c.logTail())
-			}
-			time.Sleep(delay)
-			if delay < 100*time.Millisecond {
-				delay *= 2
-			}
-		}
-	}
-	return nil
-}
-
-func (c *Clamd) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(c.Dir, "clamd.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
-	}
-	return string(b)
-}
-
-// Log returns clamd's log so far.
-func (c *Clamd) Log() string {
-	b, _ := os.ReadFile(filepath.Join(c.Dir, "clamd.log"))
-	return string(b)
-}
-
-func ping(addr string) error {
-	network, a, _ := strings.Cut(addr, ":")
-	conn, err := net.DialTimeout(network, a, time.Second)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := conn.Write([]byte("zPING\x00")); err != nil {
-		return err
-	}
-	reply, err := bufio.NewReader(conn).ReadString(0)
-	if err != nil {
-		return err
-	}
-	if reply != "PONG\x00" {
-		return fmt.Errorf("PING answered %q", reply)
-	}
-	return nil
-}
-
-func (c *Clamd) kill() {
-	c.mu.Lock()
-	cmd, exited := c.cmd, c.exited
-	c.stopped = true
-	c.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-	}
-}
-
-// Stop terminates clamd and waits for it to exit. The socket file and the
-// TCP port stop answering.
-func (c *Clamd) Stop() { c.kill() }
-
-// Restart stops clamd if it runs and starts it again on the same socket and
-// port, returning once it answers PING.
-func (c *Clamd) Restart() error {
-	c.kill()
-	clamd, err := exec.LookPath("clamd")
-	if err != nil {
-		clamd = "/usr/sbin/clamd"
-	}
-	err = c.run(clamd)
-	if err != nil && strings.Contains(err.Error(), "exited") && c.TCP != "" {
-		// The port may be taken by someone else meanwhile; a new port is
-		// better than a failed test.
-		if werr := c.writeConf(); werr != nil {
-			return werr
-		}
-		err = c.run(clamd)
-	}
-	return err
-}
-
-// Running reports whether the clamd process is alive.
-func (c *Clamd) Running() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.exited == nil {
-		return false
-	}
-	select {
-	case <-c.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-func (c *Clamd) cleanup() {
-	c.kill()
-	os.RemoveAll(c.Dir)
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(errors.New("clamdtest: no randomness"))
-	}
-	return hex.EncodeToString(b)
 }

@@ -1,32 +1,20 @@
 package clamdtest
 
 import (
-	"bufio"
-	"net"
 	"strings"
 	"testing"
 	"time"
+
+	"moat.dev/moat/internal/clamdrun"
 )
 
 func instream(t *testing.T, addr string, data string) string {
 	t.Helper()
-	network, a, _ := strings.Cut(addr, ":")
-	conn, err := net.Dial(network, a)
+	reply, err := clamdrun.Instream(addr, data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	n := len(data)
-	msg := "zINSTREAM\x00" + string([]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}) + data + "\x00\x00\x00\x00"
-	if _, err := conn.Write([]byte(msg)); err != nil {
-		t.Fatal(err)
-	}
-	reply, err := bufio.NewReader(conn).ReadString(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSuffix(reply, "\x00")
+	return reply
 }
 
 func TestStartScanRestart(t *testing.T) {
@@ -51,7 +39,7 @@ func TestStartScanRestart(t *testing.T) {
 	if c.Running() {
 		t.Fatal("still running after Stop")
 	}
-	if ping(c.Unix) == nil {
+	if clamdrun.Ping(c.Unix) == nil {
 		t.Fatal("PING answered after Stop")
 	}
 	start = time.Now()
