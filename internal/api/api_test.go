@@ -3,17 +3,14 @@ package api
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +20,7 @@ import (
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/store"
 	"moat.dev/moat/internal/store/sqlstore"
+	"moat.dev/moat/internal/testutil/pgtest"
 	"moat.dev/moat/internal/tracking"
 	"moat.dev/moat/internal/verdict"
 )
@@ -697,27 +695,11 @@ func TestParseRole(t *testing.T) {
 // TestPostgres runs the main tests over PostgreSQL (MOAT_TEST_POSTGRES, a
 // DSN with the right to create databases).
 func TestPostgres(t *testing.T) {
-	dsn := os.Getenv("MOAT_TEST_POSTGRES")
-	if dsn == "" {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("MOAT_TEST_POSTGRES is not set")
-		}
-		t.Skip("MOAT_TEST_POSTGRES is not set")
-	}
-	admin, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	srv := pgtest.Open(t)
 	saved := openStore
 	defer func() { openStore = saved }()
 	openStore = func(t *testing.T) store.Store {
-		name := fmt.Sprintf("moat_api_test_%d_%d", os.Getpid(), pgSeq.Add(1))
-		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
-		st, err := sqlstore.OpenPostgres(context.Background(), withDB(dsn, name))
+		st, err := sqlstore.OpenPostgres(context.Background(), srv.Fresh(t, "moat_api_test"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -729,20 +711,6 @@ func TestPostgres(t *testing.T) {
 	t.Run("Recipients", TestRecipients)
 	t.Run("MessagesAndStats", TestMessagesAndStats)
 	t.Run("TokenSecrets", TestTokenSecrets)
-}
-
-var pgSeq atomic.Int64
-
-// withDB replaces the database name of a postgres:// DSN.
-func withDB(dsn, db string) string {
-	q := ""
-	if i := strings.IndexByte(dsn, '?'); i >= 0 {
-		dsn, q = dsn[:i], dsn[i:]
-	}
-	if i := strings.LastIndexByte(dsn, '/'); i > len("postgres://") {
-		dsn = dsn[:i]
-	}
-	return dsn + "/" + db + q
 }
 
 // BenchmarkReplaceRecipients measures a bulk replace of 5000 recipients,

@@ -81,11 +81,11 @@ func NewLogger(c config.LogConfig, w io.Writer) *slog.Logger {
 // New builds every component; nothing listens until Run.
 func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 	a = &App{cfg: cfg, log: NewLogger(cfg.Log, os.Stderr), reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
-	defer func() {
+	defer func(a *App) { // a itself is nil once New returns nil, err
 		if err != nil {
 			a.close()
 		}
-	}()
+	}(a)
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)

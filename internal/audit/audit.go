@@ -594,8 +594,12 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 func (a *auditor) gatewayAddrs() []string {
 	var out []string
 	for _, p := range a.gw {
-		if !slices.Contains(out, p.String()) {
-			out = append(out, p.String())
+		v := p.String()
+		if p.IsSingleIP() {
+			v = p.Addr().String()
+		}
+		if !slices.Contains(out, v) {
+			out = append(out, v)
 		}
 	}
 	return out

@@ -267,7 +267,7 @@ func TestAuditProbe(t *testing.T) {
 	}
 	got := byDomain(t, rep)
 	want := map[string][]string{
-		"mxleak.test":  {"critical/direct_reachable", "critical/mx_leak"},
+		"mxleak.test": {"critical/direct_reachable", "critical/mx_leak"},
 		// mail. -> the backend, which refuses connections (locked); smtp.
 		// answers SMTP but refuses the domain: neither is a leak.
 		"guess.test":   {"info/guessable_name", "info/guessable_name"},

@@ -23,7 +23,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"domain", "severity"}),
 		failed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "moat_audit_failed",
-			Help: "1 when the latest audit of the domain could not run (DNS failure).",
+			Help: "1 when something of the domain could not be checked in the latest audit (DNS failure).",
 		}, []string{"domain"}),
 		lastRun: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "moat_audit_last_run_timestamp_seconds",
@@ -49,7 +49,7 @@ func (m *Metrics) Observe(r *Report) {
 			m.findings.WithLabelValues(d.Domain, s.String()).Set(float64(counts[s]))
 		}
 		failed := 0.0
-		if d.Error != "" {
+		if d.Incomplete() {
 			failed = 1
 		}
 		m.failed.WithLabelValues(d.Domain).Set(failed)

@@ -245,7 +245,7 @@ func scenarios(w *scenarioWorld) []scenario {
 				f := findingOf(d, KindDirect)
 				if f.Address != fmt.Sprintf("127.0.0.2:%d", w.port) || !strings.Contains(f.Evidence, "C: RCPT TO:<postmaster@direct.test>") ||
 					!strings.Contains(f.Evidence, "C: QUIT") || strings.Contains(f.Evidence, "DATA") ||
-					!strings.Contains(f.Lockdown, "moat lockdown --format nftables --gateway-ip 127.0.0.10/32") ||
+					!strings.Contains(f.Lockdown, "moat lockdown --format nftables --gateway-ip 127.0.0.10 ") ||
 					!strings.Contains(d.Lockdown, "127.0.0.10") || !strings.Contains(d.Lockdown, fmt.Sprint(w.port)) {
 					t.Errorf("direct finding: %+v\nlockdown:\n%s", f, d.Lockdown)
 				}

@@ -45,7 +45,7 @@ func DefaultConfig() Config {
 		ScanTimeout:     15 * time.Second,
 		StreamMaxLength: 25 << 20,
 		HealthInterval:  5 * time.Second,
-		MaxIdleConns:    4,
+		MaxIdleConns:    16,
 		IdleTimeout:     10 * time.Second,
 	}
 }

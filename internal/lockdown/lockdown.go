@@ -232,6 +232,8 @@ func (p *plan) iptables(b *strings.Builder, cmd string, allowed []netip.Prefix, 
 	if len(allowed) == 0 {
 		fmt.Fprintf(b, "# NOTE: Moat has no address of this family: every client is refused on these ports.\n")
 	}
+	other := map[string]string{"iptables": "ip6tables", "ip6tables": "iptables"}[cmd]
+	fmt.Fprintf(b, "# This covers one address family only: apply the %s output too, or the\n# server's other-family addresses (e.g. an AAAA record) stay open. nftables covers both.\n", other)
 	fmt.Fprintf(b, "*filter\n:%s - [0:0]\n-F %s\n", IPTablesChain, IPTablesChain)
 	fmt.Fprintf(b, "# only the SMTP port(s) are decided here\n")
 	fmt.Fprintf(b, "-A %s -p tcp -m multiport ! --dports %s -j RETURN\n", IPTablesChain, p.portList(","))

@@ -752,6 +752,9 @@ func (c *sconn) filter(line []byte) []byte {
 		if capa == "CHUNKING" || capa == "STARTTLS" && (c.tlsOn || c.srv.tls == nil) {
 			return nil
 		}
+		if strings.HasPrefix(capa, "SIZE ") {
+			return []byte("250-SIZE " + strconv.FormatInt(c.srv.cfg.MaxMessageSize, 10) + "\r\n")
+		}
 		if c.lastVerb == "EHLO" && strings.HasPrefix(capa, "Hello ") {
 			// RFC 5321 4.1.1.1: the first line names the server.
 			return []byte("250-" + c.srv.cfg.Hostname + " " + capa + "\r\n")
@@ -783,6 +786,9 @@ func (c *sconn) filter(line []byte) []byte {
 	switch {
 	case code == 354:
 		c.startData()
+		// With an enhanced code like every other reply (go-smtp has none;
+		// clients read only the three digits).
+		line = []byte("354 2.0.0 End data with <CR><LF>.<CR><LF>\r\n")
 	case code == 250 && c.lastVerb == "DATA":
 		c.junk = 0 // a message was accepted
 	case code == 250 && (c.lastVerb == "HELO" || c.lastVerb == "EHLO"):

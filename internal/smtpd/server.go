@@ -138,7 +138,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	gs := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	gs.Domain = cfg.Hostname
 	gs.MaxRecipients = cfg.MaxRecipients
-	gs.MaxMessageBytes = cfg.MaxMessageSize
+	// go-smtp's data reader refuses a message of exactly its limit (it
+	// fails the read after the limit is used up, before it has seen the
+	// end-of-data line), so it gets one octet more. The limit itself is
+	// enforced by the session (DATA) and sconn (SIZE=, and the SIZE
+	// capability it advertises).
+	gs.MaxMessageBytes = cfg.MaxMessageSize + 1
 	gs.MaxLineLength = 0 // sconn limits lines; go-smtp's limit would kill the connection
 	gs.EnableSMTPUTF8 = true
 	gs.ErrorLog = errLog{log}

@@ -306,6 +306,9 @@ func (s *session) Data(r io.Reader) (err error) {
 				verdict.Reply{Code: 421, Enhanced: [3]int{4, 4, 2}, Text: "Timeout during DATA, closing connection"}, size)
 		}
 		return s.finish(t, nil, "tempfailed", "client", replyInternal, size)
+	case size > s.srv.cfg.MaxMessageSize:
+		abort()
+		return s.finish(t, nil, "rejected", "size", replyTooBig, size)
 	case werr != nil:
 		abort()
 		t.t.Log.Error("writing draft", "err", werr)

@@ -6,11 +6,9 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"moat.dev/moat/internal/store/sqlstore"
+	"moat.dev/moat/internal/testutil/pgtest"
 )
 
 type syncBuf struct {
@@ -241,46 +240,16 @@ func TestTrackerSQLite(t *testing.T) {
 	testTrackerStore(t, db, driver)
 }
 
-var pgSeq atomic.Int64
-
 // TestTrackerPostgres runs the same test against a fresh database on the
 // PostgreSQL server named by MOAT_TEST_POSTGRES.
 func TestTrackerPostgres(t *testing.T) {
-	dsn := os.Getenv("MOAT_TEST_POSTGRES")
-	if dsn == "" {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("MOAT_TEST_POSTGRES is not set")
-		}
-		t.Skip("MOAT_TEST_POSTGRES is not set")
-	}
-	admin, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	name := fmt.Sprintf("moat_tracking_test_%d_%d", os.Getpid(), pgSeq.Add(1))
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
-	st, err := sqlstore.OpenPostgres(context.Background(), withDB(dsn, name))
+	srv := pgtest.Open(t)
+	st, err := sqlstore.OpenPostgres(context.Background(), srv.Fresh(t, "moat_tracking_test"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
 	testTrackerStore(t, st.DB(), st.Driver())
-}
-
-// withDB replaces the database name of a postgres:// DSN.
-func withDB(dsn, db string) string {
-	q := ""
-	if i := strings.IndexByte(dsn, '?'); i >= 0 {
-		dsn, q = dsn[:i], dsn[i:]
-	}
-	if i := strings.LastIndexByte(dsn, '/'); i > len("postgres://") {
-		dsn = dsn[:i]
-	}
-	return dsn + "/" + db + q
 }
 
 // TestFullBufferDrops: with the writer not running and a one-slot buffer,

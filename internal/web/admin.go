@@ -434,22 +434,12 @@ func (s *server) trackingSearch(w http.ResponseWriter, r *http.Request) {
 			})
 		}
 	}
-	pageURL := func(p int) string {
-		v := url.Values{}
-		for k, vs := range q {
-			if k != "page" && len(vs) > 0 && vs[0] != "" {
-				v.Set(k, vs[0])
-			}
-		}
-		v.Set("page", strconv.Itoa(p))
-		return "/tracking?" + v.Encode()
-	}
 	if len(d.Results) > s.cfg.PageSize {
 		d.Results = d.Results[:s.cfg.PageSize]
-		d.NextURL = pageURL(d.Page + 1)
+		d.NextURL = pageURL("/tracking", q, d.Page+1)
 	}
 	if d.Page > 1 {
-		d.PrevURL = pageURL(d.Page - 1)
+		d.PrevURL = pageURL("/tracking", q, d.Page-1)
 	}
 	s.render(w, r, http.StatusOK, "tracking", page{Title: "Message tracking", Data: d})
 }

@@ -87,23 +87,25 @@ func (s *server) list(w http.ResponseWriter, r *http.Request) {
 	d.Filtered = d.Q != "" || d.Rcpt != "" || d.From != "" || d.To != "" || d.Min != "" || d.State != "held"
 	d.ShowRcpt = sess.User.Role != users.EndUser || len(sess.User.Addresses) > 1
 	d.Addresses = sess.User.Addresses
-	pageURL := func(p int) string {
-		v := url.Values{}
-		for k, vs := range q {
-			if k != "page" && len(vs) > 0 && vs[0] != "" {
-				v.Set(k, vs[0])
-			}
-		}
-		v.Set("page", strconv.Itoa(p))
-		return "/quarantine?" + v.Encode()
-	}
 	if d.Page > 1 {
-		d.PrevURL = pageURL(d.Page - 1)
+		d.PrevURL = pageURL("/quarantine", q, d.Page-1)
 	}
 	if d.Page < d.Pages {
-		d.NextURL = pageURL(d.Page + 1)
+		d.NextURL = pageURL("/quarantine", q, d.Page+1)
 	}
 	s.render(w, r, http.StatusOK, "list", page{Title: "Quarantine", Data: d})
+}
+
+// pageURL is path with the filters of q (the non-empty ones) and page p.
+func pageURL(path string, q url.Values, p int) string {
+	v := url.Values{}
+	for k, vs := range q {
+		if k != "page" && len(vs) > 0 && vs[0] != "" {
+			v.Set(k, vs[0])
+		}
+	}
+	v.Set("page", strconv.Itoa(p))
+	return path + "?" + v.Encode()
 }
 
 type showData struct {

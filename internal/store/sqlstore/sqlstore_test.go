@@ -2,15 +2,12 @@ package sqlstore
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
-	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 
 	"moat.dev/moat/internal/store"
 	"moat.dev/moat/internal/store/storetest"
+	"moat.dev/moat/internal/testutil/pgtest"
 )
 
 func TestSQLite(t *testing.T) {
@@ -45,67 +42,18 @@ func TestSQLiteReopenKeepsData(t *testing.T) {
 	}
 }
 
-var pgSeq atomic.Int64
-
 // TestPostgres runs the conformance suite against a real PostgreSQL server
 // named by MOAT_TEST_POSTGRES (a DSN with rights to create databases).
 func TestPostgres(t *testing.T) {
-	dsn := os.Getenv("MOAT_TEST_POSTGRES")
-	if dsn == "" {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("MOAT_TEST_POSTGRES is not set")
-		}
-		t.Skip("MOAT_TEST_POSTGRES is not set")
-	}
-	admin, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	srv := pgtest.Open(t)
 	storetest.Run(t, func(t *testing.T) store.Store {
-		name := fmt.Sprintf("moat_test_%d_%d", os.Getpid(), pgSeq.Add(1))
-		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)") })
-		s, err := OpenPostgres(context.Background(), withDB(dsn, name))
+		s, err := OpenPostgres(context.Background(), srv.Fresh(t, "moat_test"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
-}
-
-// withDB replaces the database name of a postgres:// DSN.
-func withDB(dsn, db string) string {
-	// postgres://user:pass@host:port/dbname?params
-	q := ""
-	if i := indexByte(dsn, '?'); i >= 0 {
-		dsn, q = dsn[:i], dsn[i:]
-	}
-	if i := lastIndexByte(dsn, '/'); i > len("postgres://") {
-		dsn = dsn[:i]
-	}
-	return dsn + "/" + db + q
-}
-
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
-}
-
-func lastIndexByte(s string, c byte) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
 }
 
 func TestRebind(t *testing.T) {
