@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -144,12 +143,10 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, args []
 			return fail(err)
 		}
 		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
 			if es == nil {
 				es = []*quarantine.Entry{}
 			}
-			if err := enc.Encode(es); err != nil {
+			if err := printJSON(stdout, es); err != nil {
 				return fail(err)
 			}
 			return 0

@@ -110,9 +110,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 			if list == nil {
 				list = []queue.Summary{}
 			}
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(list)
+			printJSON(stdout, list)
 			return 0
 		}
 		printList(stdout, list, time.Now())
@@ -127,9 +125,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 			return fail(id, err)
 		}
 		if *asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(s)
+			printJSON(stdout, s)
 			return 0
 		}
 		printShow(stdout, s, time.Now())
@@ -282,4 +278,11 @@ func printShow(w io.Writer, s queue.Summary, now time.Time) {
 		}
 		fmt.Fprintln(w)
 	}
+}
+
+// printJSON writes v as indented JSON (the --json output of the CLIs).
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

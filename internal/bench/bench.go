@@ -102,7 +102,8 @@ func tail(s string, n int) string {
 	return s
 }
 
-// waitListenOr is waitListen that gives up when stop is closed.
+// waitListenOr is waitListen that gives up when stop is closed (a nil stop
+// never is).
 func waitListenOr(addr string, d time.Duration, stop <-chan struct{}) error {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
@@ -121,18 +122,8 @@ func waitListenOr(addr string, d time.Duration, stop <-chan struct{}) error {
 	return fmt.Errorf("nothing listens on %s after %v", addr, d)
 }
 
-func waitListen(addr string, d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("nothing listens on %s after %v", addr, d)
-}
+// waitListen waits until something accepts TCP connections on addr.
+func waitListen(addr string, d time.Duration) error { return waitListenOr(addr, d, nil) }
 
 // source runs smtp-source and returns its wall time.
 func source(ctx context.Context, senders, msgs, size int, addr, rcpt string) (time.Duration, error) {

@@ -45,13 +45,16 @@ var ErrNotFound = errors.New("queue: no such message")
 // ClientInfo is who handed the message to Moat; the relay names it in the
 // Received field and passes it on with XCLIENT/XFORWARD.
 type ClientInfo struct {
-	IP    string `json:"ip"`
-	Port  int    `json:"port,omitempty"`
-	Helo  string `json:"helo,omitempty"`
-	PTR   string `json:"ptr,omitempty"` // forward-confirmed name, "" if none
-	TLS   bool   `json:"tls,omitempty"`
-	Auth  string `json:"auth,omitempty"`  // authenticated user, if any
-	Proto string `json:"proto,omitempty"` // SMTP, ESMTP, ESMTPS, ESMTPSA, ...
+	IP   string `json:"ip"`
+	Port int    `json:"port,omitempty"`
+	Helo string `json:"helo,omitempty"`
+	PTR  string `json:"ptr,omitempty"` // forward-confirmed name, "" if none
+	TLS  bool   `json:"tls,omitempty"`
+	// TLSDesc is the protocol version and cipher, e.g. "TLS 1.3 with
+	// cipher TLS_AES_128_GCM_SHA256", for the Received field.
+	TLSDesc string `json:"tls_desc,omitempty"`
+	Auth    string `json:"auth,omitempty"`  // authenticated user, if any
+	Proto   string `json:"proto,omitempty"` // SMTP, ESMTP, ESMTPS, ESMTPSA, ...
 }
 
 // RcptState is the delivery state of one envelope recipient.

@@ -502,12 +502,31 @@ func (r *Relay) receivedField(d *queue.Delivery, now time.Time) string {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "Received: from %s (%s [%s])\r\n\tby %s (Moat) with %s id %s", helo, ptr, ip, r.cfg.Hostname, proto, clean(d.Env.ID, "unknown"))
+	fmt.Fprintf(&b, "Received: from %s (%s [%s])", helo, ptr, ip)
+	if cl.TLS && cl.TLSDesc != "" {
+		fmt.Fprintf(&b, "\r\n\t(using %s)", cleanTLS(cl.TLSDesc))
+	}
+	fmt.Fprintf(&b, "\r\n\tby %s (Moat) with %s id %s", r.cfg.Hostname, proto, clean(d.Env.ID, "unknown"))
 	if len(d.Rcpts) == 1 {
 		fmt.Fprintf(&b, "\r\n\tfor <%s>", clean(d.Rcpts[0], ""))
 	}
 	fmt.Fprintf(&b, "; %s\r\n", now.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
 	return b.String()
+}
+
+// cleanTLS keeps a TLS description to printable ASCII words (it comes
+// from Go's crypto/tls, not the client, but the spool is a file).
+func cleanTLS(s string) string {
+	if len(s) > 128 {
+		s = s[:128]
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < ' ' || c > '~' || c == '(' || c == ')' || c == ';' {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 // clean makes a client-supplied value safe inside a header field: printable

@@ -2,7 +2,6 @@ package rules
 
 import (
 	_ "embed" // the shipped rules file
-	"os"
 	"strings"
 )
 
@@ -25,16 +24,8 @@ func Load(files ...string) (*Set, error) {
 	if err := p.parse(DefaultName, strings.NewReader(Default)); err != nil {
 		return nil, err
 	}
-	for _, path := range files {
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, err
-		}
-		err = p.parse(path, f)
-		f.Close()
-		if err != nil {
-			return nil, err
-		}
+	if err := p.parseFiles(files); err != nil {
+		return nil, err
 	}
 	return p.compile()
 }

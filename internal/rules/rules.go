@@ -83,18 +83,26 @@ type Set struct {
 // override scores and descriptions of earlier ones.
 func ParseFiles(paths ...string) (*Set, error) {
 	p := newParser()
+	if err := p.parseFiles(paths); err != nil {
+		return nil, err
+	}
+	return p.compile()
+}
+
+// parseFiles parses the files in order.
+func (p *parser) parseFiles(paths []string) error {
 	for _, path := range paths {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		err = p.parse(path, f)
 		f.Close()
 		if err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return p.compile()
+	return nil
 }
 
 // Parse parses one rules text; name is used in error messages.

@@ -19,7 +19,8 @@ const (
 )
 
 // RFC 5321 4.5.3.1: a local part has at most 64 octets, a path (with its
-// angle brackets) at most 256; longer ones are refused as syntax errors.
+// angle brackets) at most 256; longer paths are refused as syntax errors,
+// and longer local parts in RCPT (see parsePath).
 // The domain's limit (255, or 253 without the root's dot) follows.
 const (
 	maxLocalPart = 64
@@ -166,7 +167,10 @@ func parsePath(arg string, rcpt bool) (pa parsedAddr, rest string, kind addrErrK
 			return pa, "", addrSyntax
 		}
 	}
-	if len(local) > maxLocalPart {
+	if rcpt && len(local) > maxLocalPart {
+		// Only for recipients: no mailbox here has a longer name, while
+		// senders' VERP and SRS bounce addresses often exceed 64 octets
+		// and are real mail (Postfix and Exim accept them too).
 		return pa, "", addrSyntax
 	}
 	domain := inner[i+1:]

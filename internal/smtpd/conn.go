@@ -42,7 +42,14 @@ import (
 //     cut), one for the whole DATA phase, all clamped to the session cap.
 //   - replies: every reply passes through write, the single place where
 //     soft bounce is applied, errors are counted (max_errors) and the EHLO
-//     capabilities are trimmed (no CHUNKING; STARTTLS only when offered).
+//     capabilities are trimmed (no CHUNKING; STARTTLS only when offered;
+//     SIZE is max_message_size, see New). go-smtp's replies are put right
+//     there too: its out-of-sequence 502s become 503 5.5.1 (554 5.5.1 "no
+//     valid recipients" for DATA after only refused RCPTs), 354 gets an
+//     enhanced code, and the EHLO reply's first line names the server.
+//   - commands that move no mail forward (NOOP, RSET, VRFY, HELP, HELO)
+//     are counted against max_junk_commands; MAIL/RCPT parameters are
+//     vetted (checkParams) so only the advertised ones reach go-smtp.
 //   - greeting: pregreet detection and the connection checks run on the
 //     first write (the greeting), inside the connection's goroutine.
 type sconn struct {
@@ -79,6 +86,7 @@ type sconn struct {
 	heloRan     bool // Runner.Helo ran for it
 	esmtp       bool
 	tlsOn       bool
+	tlsDesc     string // "TLS 1.3 with cipher TLS_AES_128_GCM_SHA256", for Received
 	errors      int
 	junk        int // NOOP, RSET, VRFY, HELO... since the last accepted message
 	rcptTried   int // RCPT commands since the last accepted MAIL
@@ -535,6 +543,8 @@ func (c *sconn) startTLS(hasArg bool) {
 	c.br.Reset(rawReader{c})
 	c.tlsOn = true
 	c.pc.TLS = true
+	st := tc.ConnectionState()
+	c.tlsDesc = tls.VersionName(st.Version) + " with cipher " + tls.CipherSuiteName(st.CipherSuite)
 	c.heloSeen, c.heloRan = false, false
 	// Reset go-smtp's transaction; its reply is not the client's business.
 	c.inject = "RSET\r\n"

@@ -447,7 +447,7 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 		From:     t.t.From.String(),
 		Received: time.Now().UTC(),
 		Client: queue.ClientInfo{
-			IP: pc.IP.String(), Port: pc.Port, Helo: pc.Helo, PTR: pc.ClientName(), TLS: s.c.tlsOn, Proto: proto,
+			IP: pc.IP.String(), Port: pc.Port, Helo: pc.Helo, PTR: pc.ClientName(), TLS: s.c.tlsOn, TLSDesc: s.c.tlsDesc, Proto: proto,
 		},
 		Size:     size,
 		EightBit: t.eightBit,

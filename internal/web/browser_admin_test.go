@@ -3,8 +3,6 @@ package web
 import (
 	"context"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -105,14 +103,7 @@ func TestBrowserConsole(t *testing.T) {
 		into(&barWidth, chromedp.Evaluate[float64](`document.querySelector('#action-bars .w-100').getBoundingClientRect().width`)),
 		into(&statsShot, chromedp.FullScreenshot(100)),
 	)
-	for name, b := range map[string][]byte{"leakage.png": leakShot, "tracking-message.png": trackShot, "stats.png": statsShot} {
-		if len(b) > 0 {
-			p := filepath.Join(art, name)
-			if werr := os.WriteFile(p, b, 0o644); werr == nil {
-				t.Logf("screenshot: %s", p)
-			}
-		}
-	}
+	saveShots(t, art, map[string][]byte{"leakage.png": leakShot, "tracking-message.png": trackShot, "stats.png": statsShot})
 	if err != nil {
 		t.Fatalf("browser: %v", err)
 	}

@@ -171,14 +171,7 @@ func TestBrowserReleaseFlow(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS(`.flash-ok`)),
 		into(&flashText, chromedp.Text(chromedp.CSS(`.flash-ok`))),
 	)
-	for name, b := range map[string][]byte{"quarantine-list.png": listShot, "quarantine-preview.png": previewShot} {
-		if len(b) > 0 {
-			p := filepath.Join(art, name)
-			if werr := os.WriteFile(p, b, 0o644); werr == nil {
-				t.Logf("screenshot: %s", p)
-			}
-		}
-	}
+	saveShots(t, art, map[string][]byte{"quarantine-list.png": listShot, "quarantine-preview.png": previewShot})
 	if err != nil {
 		t.Fatalf("browser: %v", err)
 	}
@@ -223,5 +216,18 @@ func into[T any](dst *T, a chromedp.Action[T]) chromedp.Action[chromedp.Void] {
 		}
 		*dst = v
 		return chromedp.Void{}, nil
+	}
+}
+
+// saveShots writes the non-empty screenshots into art, named by their keys.
+func saveShots(t *testing.T, art string, shots map[string][]byte) {
+	t.Helper()
+	for name, b := range shots {
+		if len(b) > 0 {
+			p := filepath.Join(art, name)
+			if werr := os.WriteFile(p, b, 0o644); werr == nil {
+				t.Logf("screenshot: %s", p)
+			}
+		}
 	}
 }

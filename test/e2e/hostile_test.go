@@ -294,7 +294,8 @@ func TestHostileClients(t *testing.T) {
 			r := dialHostile(t, g.SMTP)
 			r.expect(ehlo, "250")
 			label := strings.Repeat("d", 60) + "."
-			r.expect("MAIL FROM:<l"+long64+"@sender.test>", "501 5.1.7")                    // local part 65
+			r.expect("MAIL FROM:<l"+long64+long64+"@sender.test>", "250 2.") // a long VERP sender is mail
+			r.expect("RSET", "250 2.")
 			r.expect("MAIL FROM:<a@"+strings.Repeat(label, 4)+"xsender.test>", "501 5.1.7") // domain 256
 			// Path 257 octets with both parts within their limits.
 			r.expect("MAIL FROM:<"+long64+"@"+strings.Repeat(label, 3)+strings.Repeat("e", 190-183-5)+".test>", "501 5.1.7")
@@ -735,12 +736,12 @@ func TestReceivedPTRName(t *testing.T) {
 			raw string
 		}{env, string(raw)}
 	}
-	received := regexp.MustCompile(`^Received: from (\S+) \((\S+) \[([^]]+)\]\)\r\n\tby moat\.test \(Moat\) with (\S+) id (\S+)\r\n\tfor <([^>]+)>; [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [-+]\d{4}\r\n`)
+	received := regexp.MustCompile(`^Received: from (\S+) \((\S+) \[([^]]+)\]\)\r\n(?:\t\(using (TLS 1\.[23] with cipher \S+)\)\r\n)?\tby moat\.test \(Moat\) with (\S+) id (\S+)\r\n\tfor <([^>]+)>; [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d [-+]\d{4}\r\n`)
 	for _, tc := range []struct {
-		rcpt, helo, ptr, ip, proto, id, xname string
+		rcpt, helo, ptr, ip, tls, proto, id, xname string
 	}{
-		{"alice@example.test", "client.sender.test", "client.sender.test", "127.0.0.1", "ESMTPS", confirmed, `NAME="client.sender.test"`},
-		{"bob@example.test", "liar.sender.test", "unknown", "127.0.0.2", "ESMTP", unconfirmed, `NAME="[UNAVAILABLE]"`},
+		{"alice@example.test", "client.sender.test", "client.sender.test", "127.0.0.1", "TLS 1.3 with cipher ", "ESMTPS", confirmed, `NAME="client.sender.test"`},
+		{"bob@example.test", "liar.sender.test", "unknown", "127.0.0.2", "", "ESMTP", unconfirmed, `NAME="[UNAVAILABLE]"`},
 	} {
 		m, ok := got[tc.rcpt]
 		if !ok {
@@ -750,8 +751,12 @@ func TestReceivedPTRName(t *testing.T) {
 		if f == nil {
 			t.Fatalf("%s: no Postfix-style Received field first:\n%.600s", tc.rcpt, m.raw)
 		}
-		if want := []string{tc.helo, tc.ptr, tc.ip, tc.proto, tc.id, tc.rcpt}; strings.Join(f[1:], "|") != strings.Join(want, "|") {
-			t.Errorf("%s: Received from %q, want %q", tc.rcpt, f[1:], want)
+		if !strings.HasPrefix(f[4], tc.tls) || (tc.tls == "") != (f[4] == "") {
+			t.Errorf("%s: Received TLS %q, want %q...", tc.rcpt, f[4], tc.tls)
+		}
+		f = append(f[1:4], f[5:]...)
+		if want := []string{tc.helo, tc.ptr, tc.ip, tc.proto, tc.id, tc.rcpt}; strings.Join(f, "|") != strings.Join(want, "|") {
+			t.Errorf("%s: Received from %q, want %q", tc.rcpt, f, want)
 		}
 		if !strings.Contains(m.env.XClient, tc.xname) || !strings.Contains(m.env.XClient, `ADDR="`+tc.ip+`"`) {
 			t.Errorf("%s: XCLIENT %q, want %s", tc.rcpt, m.env.XClient, tc.xname)

@@ -17,6 +17,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/dnsxtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -81,14 +82,7 @@ func windowsSYN() []byte {
 }
 
 func resolver(t testing.TB, srv *dnstest.Server) *dnsx.Client {
-	cfg := dnsx.DefaultConfig()
-	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = time.Second
-	r, err := dnsx.New(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return dnsxtest.Client(t, srv.Addr, func(c *dnsx.Config) { c.Timeout = time.Second })
 }
 
 func TestBotnet(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"moat.dev/moat/internal/dnsx"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/dnsxtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -43,13 +44,7 @@ func setup(t *testing.T) (*Check, *dnstest.Server, ed25519.PrivateKey) {
 		t.Fatal(err)
 	}
 	srv := dnstest.Start(t, `sel._domainkey.example.com. 300 IN TXT "v=DKIM1; k=ed25519; p=`+base64.StdEncoding.EncodeToString(pub)+`"`)
-	cfg := dnsx.DefaultConfig()
-	cfg.Resolvers = []string{srv.Addr}
-	cfg.CacheSize = 0
-	cl, err := dnsx.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := dnsxtest.Client(t, srv.Addr, func(c *dnsx.Config) { c.CacheSize = 0 })
 	c, err := New(DefaultConfig(), Deps{Resolver: cl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/dnsxtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -44,14 +45,7 @@ func TestAligned(t *testing.T) {
 
 func newCheck(t *testing.T, cfg Config, records ...string) (*Check, *dnstest.Server) {
 	srv := dnstest.Start(t, records...)
-	dc := dnsx.DefaultConfig()
-	dc.Resolvers = []string{srv.Addr}
-	dc.CacheSize = 0
-	dc.Attempts = 1
-	cl, err := dnsx.New(dc, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := dnsxtest.Client(t, srv.Addr, func(c *dnsx.Config) { c.CacheSize, c.Attempts = 0, 1 })
 	c, err := New(cfg, Deps{Resolver: cl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)

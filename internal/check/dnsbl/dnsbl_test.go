@@ -17,6 +17,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/dnsxtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -35,16 +36,8 @@ func setup(t *testing.T) (*dnstest.Server, *dnsx.Client) {
 		"2.0.0.127.wl.example. 60 IN A 127.0.0.2",
 		"22.0.0.127.wl.example. 60 IN A 127.0.0.2",
 	)
-	cfg := dnsx.DefaultConfig()
-	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = 400 * time.Millisecond
-	cfg.Attempts = 2
-	cfg.CacheSize = 0 // these tests change zone data on the fly
-	r, err := dnsx.New(cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv, r
+	// No cache: these tests change zone data on the fly.
+	return srv, dnsxtest.Client(t, srv.Addr, func(c *dnsx.Config) { c.Timeout, c.Attempts, c.CacheSize = 400*time.Millisecond, 2, 0 })
 }
 
 func testConfig() Config {

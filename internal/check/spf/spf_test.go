@@ -12,6 +12,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/dnsxtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -30,11 +31,7 @@ func TestSPF(t *testing.T) {
 		`loop.example. 300 IN TXT "v=spf1 include:loop.example -all"`,
 	)
 	srv.Fail("down.example", dns.RcodeServerFailure)
-	cfg := dnsx.DefaultConfig()
-	cfg.Resolvers = []string{srv.Addr}
-	cfg.Timeout = time.Second
-	cfg.Attempts = 2
-	r, _ := dnsx.New(cfg, nil, nil)
+	r := dnsxtest.Client(t, srv.Addr, func(c *dnsx.Config) { c.Timeout, c.Attempts = time.Second, 2 })
 	chk, err := New(DefaultConfig(), Deps{Resolver: r})
 	if err != nil {
 		t.Fatal(err)

@@ -12,19 +12,13 @@ import (
 	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/dnsxtest"
 	"moat.dev/moat/internal/verdict"
 )
 
 func setup(t *testing.T, records ...string) (*Check, *dnstest.Server) {
 	srv := dnstest.Start(t, records...)
-	dc := dnsx.DefaultConfig()
-	dc.Resolvers = []string{srv.Addr}
-	dc.CacheSize = 0
-	dc.Attempts = 1
-	cl, err := dnsx.New(dc, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := dnsxtest.Client(t, srv.Addr, func(c *dnsx.Config) { c.CacheSize, c.Attempts = 0, 1 })
 	cfg := DefaultConfig()
 	cfg.Zones = []Zone{
 		{Name: "dbl.test", Kind: "domain", Symbol: "URIBL_DBL", Score: 4, TestEntry: "dbltest.com"},
