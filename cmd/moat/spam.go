@@ -211,7 +211,7 @@ func cmdEval(args []string) int {
 	seed := fs.Uint64("seed", 1, "seed of the online order (see docs/classifier.md)")
 	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	split := fs.Bool("split", false, "train on the first 50% of the order, test on the rest (instead of online)")
-	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's, 0.99, where the bayes check alone tags)")
+	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's, 0.95, where the bayes check alone tags)")
 	lr := fs.Float64("learning-rate", 0, "logreg learning rate (default: the classifier's)")
 	mode := fs.String("mode", "everything", "everything | on-error")
 	features := fs.String("features", "", "logreg features: grams | words | grams+words (default: grams)")

@@ -61,7 +61,7 @@ type Config struct {
 	TrainMode string `yaml:"train_mode"`
 	// Threshold: a message whose spam probability is >= threshold counts as
 	// spam for the FP/FN figures of moat eval and the verdict of moat
-	// classify. The default, TagProb (0.99), is where the bayes check alone
+	// classify. The default, TagProb (0.95), is where the bayes check alone
 	// reaches the default tag score (5 points, BAYES_99).
 	Threshold float64 `yaml:"threshold"`
 	// MaxWords: body words considered per message.

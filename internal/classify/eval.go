@@ -186,10 +186,10 @@ func AUC(s []Scored) float64 {
 }
 
 // TagProb is the probability at which the bayes check alone reaches the
-// default tag score (5 points = BAYES_99): the classifier's default
+// default tag score (5 points = BAYES_95): the classifier's default
 // threshold, so that moat eval's FP/FN are where a gateway acts on the
 // classifier with no other layer's help.
-const TagProb = 0.99
+const TagProb = 0.95
 
 // At counts false positives and false negatives at threshold over the
 // scored messages from index from on (from = 0: the whole stream).

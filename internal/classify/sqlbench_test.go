@@ -10,11 +10,13 @@ import (
 	"moat.dev/moat/internal/store/sqlstore"
 )
 
-// trainedSQL returns a SQLite database holding a logreg model trained on
-// the first 1000 messages of the corpus (trained in memory, then copied
-// row by row), opened as moat serve opens it (sqlstore: WAL, the shared
-// pool) or as moat learn does (OpenSQLite), and messages to classify.
-func trainedSQL(b *testing.B, shared bool) (*SQLStore, []*message.Message) {
+// trainedSQL returns a database holding a model trained on the first 1000
+// messages of the corpus (trained in memory, then copied row by row), and
+// messages to classify. kind is "shared" (SQLite as moat serve opens it:
+// sqlstore, WAL, the shared pool), "plain" (SQLite as moat learn opens
+// it: OpenSQLite) or "postgres" (sqlstore on a fresh database of
+// MOAT_TEST_POSTGRES's server; skipped without it).
+func trainedSQL(b *testing.B, kind string) (*SQLStore, []*message.Message) {
 	b.Helper()
 	all := corpus(b)
 	items := all[:1000]
@@ -29,7 +31,18 @@ func trainedSQL(b *testing.B, shared bool) (*SQLStore, []*message.Message) {
 	}
 	path := filepath.Join(b.TempDir(), "m.db")
 	var st *SQLStore
-	if shared {
+	switch kind {
+	case "postgres":
+		s, err := sqlstore.OpenPostgres(ctx, postgresDatabase(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+		if err := MigrateDriver(ctx, s.DB(), s.Driver()); err != nil {
+			b.Fatal(err)
+		}
+		st = NewSQLStoreWith(s.DB(), SQLStoreOptions{Driver: s.Driver()})
+	case "shared":
 		s, err := sqlstore.OpenSQLite(ctx, path)
 		if err != nil {
 			b.Fatal(err)
@@ -39,7 +52,7 @@ func trainedSQL(b *testing.B, shared bool) (*SQLStore, []*message.Message) {
 			b.Fatal(err)
 		}
 		st = NewSQLStore(s.DB())
-	} else {
+	default:
 		db, err := OpenSQLite(path)
 		if err != nil {
 			b.Fatal(err)
@@ -68,17 +81,16 @@ func trainedSQL(b *testing.B, shared bool) (*SQLStore, []*message.Message) {
 	return st, msgs
 }
 
-// BenchmarkClassifySQL classifies with a trained model in SQLite from
-// many goroutines (as at end of DATA with 100 sessions): feature
-// extraction, the store's reads and scoring.
+// BenchmarkClassifySQL classifies with a trained model in SQLite (and
+// PostgreSQL) from many goroutines (as at end of DATA with 100 sessions):
+// feature extraction, the store's reads and scoring.
 func BenchmarkClassifySQL(b *testing.B) {
 	for _, tc := range []struct {
-		name   string
-		shared bool
-		user   string
-	}{{"shared", true, ""}, {"shared-user", true, "bob@example.com"}, {"plain", false, ""}} {
+		name, kind, user string
+	}{{"shared", "shared", ""}, {"shared-user", "shared", "bob@example.com"}, {"plain", "plain", ""},
+		{"postgres", "postgres", ""}, {"postgres-user", "postgres", "bob@example.com"}} {
 		b.Run(tc.name, func(b *testing.B) {
-			st, msgs := trainedSQL(b, tc.shared)
+			st, msgs := trainedSQL(b, tc.kind)
 			c, err := New(DefaultConfig(), st)
 			if err != nil {
 				b.Fatal(err)

@@ -1,6 +1,6 @@
 // Package bayes is the statistical-classifier check: it scores the message
 // with internal/classify and maps the spam probability to points on a
-// smooth scale (BAYES_00 -2 ... BAYES_99 +5). It stays silent until the
+// smooth scale (BAYES_00 -2 ... BAYES_95 +5, BAYES_999 +5.5). It stays silent until the
 // model has learned min_ham and min_spam messages.
 package bayes
 
@@ -131,7 +131,7 @@ func (c *Check) CheckData(ctx context.Context, tx *pipeline.Txn, pm *pipeline.Me
 // knots of the probability → points scale (piecewise linear, monotone).
 var knots = [][2]float64{
 	{0, -2}, {0.01, -1.5}, {0.05, -0.8}, {0.2, -0.2}, {0.4, 0}, {0.6, 0.5},
-	{0.8, 1.5}, {0.95, 3}, {classify.TagProb, 5}, {0.999, 5.3}, {1, 5.5},
+	{0.8, 1.5}, {0.9, 3}, {classify.TagProb, 5}, {0.99, 5.2}, {0.999, 5.3}, {1, 5.5},
 }
 
 // names of the buckets, SpamAssassin style: the largest bound <= p.
@@ -139,7 +139,7 @@ var buckets = []struct {
 	min  float64
 	name string
 }{
-	{0.999, "BAYES_999"}, {classify.TagProb, "BAYES_99"}, {0.95, "BAYES_95"}, {0.8, "BAYES_80"}, {0.6, "BAYES_60"},
+	{0.999, "BAYES_999"}, {0.99, "BAYES_99"}, {classify.TagProb, "BAYES_95"}, {0.8, "BAYES_80"}, {0.6, "BAYES_60"},
 	{0.4, "BAYES_50"}, {0.2, "BAYES_40"}, {0.05, "BAYES_20"}, {0.01, "BAYES_05"}, {0, "BAYES_00"},
 }
 

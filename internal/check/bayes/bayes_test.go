@@ -22,7 +22,7 @@ func TestSymbolScale(t *testing.T) {
 		name string
 		pts  float64
 	}{
-		{0, "BAYES_00", -2}, {0.005, "BAYES_00", -1.75}, {0.5, "BAYES_50", 0.25}, {0.99, "BAYES_99", 5}, {0.9995, "BAYES_999", 5.4}, {1, "BAYES_999", 5.5},
+		{0, "BAYES_00", -2}, {0.005, "BAYES_00", -1.75}, {0.5, "BAYES_50", 0.25}, {0.95, "BAYES_95", 5}, {0.99, "BAYES_99", 5.2}, {0.9995, "BAYES_999", 5.4}, {1, "BAYES_999", 5.5},
 	}
 	for _, c := range cases {
 		s := Symbol(c.p)
@@ -105,7 +105,7 @@ func TestDefaultThresholdIsTagPoint(t *testing.T) {
 	if thr != classify.TagProb {
 		t.Fatalf("default threshold %v, tag point %v", thr, classify.TagProb)
 	}
-	if s := Symbol(thr); s.Score < tag || s.Name != "BAYES_99" {
+	if s := Symbol(thr); s.Score < tag || s.Name != "BAYES_95" {
 		t.Fatalf("Symbol(%v) = %+v: below the tag score %v", thr, s, tag)
 	}
 	if s := Symbol(thr - 0.001); s.Score >= tag {
