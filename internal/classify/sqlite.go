@@ -290,9 +290,14 @@ var upsertSizes = [...]int{512, 64, 8, 1}
 // placeholders and rebound for a driver. The statement texts are fixed,
 // so each is prepared once per store.
 type dialectSQL struct {
-	selects [len(getSizes)]string    // key lookups, by padded IN-list length
-	totals  [3]string                // totals and versions, by number of scopes (1, 2)
-	upserts [len(upsertSizes)]string // multi-row upserts, by row count
+	// keyArray: PostgreSQL looks keys up with one array parameter
+	// (selectArray, any number of keys, nothing to pad) instead of the
+	// long IN lists, which it plans and binds slowly.
+	keyArray    bool
+	selectArray string
+	selects     [len(getSizes)]string    // key lookups, by padded IN-list length
+	totals      [3]string                // totals and versions, by number of scopes (1, 2)
+	upserts     [len(upsertSizes)]string // multi-row upserts, by row count
 	shrink, addTotals, bumpVersion, forgetLesson, putLesson,
 	totalsOne, lesson, size string
 }
@@ -305,6 +310,10 @@ var sqliteSQL, postgresSQL = newDialectSQL("sqlite"), newDialectSQL("postgres")
 func newDialectSQL(driver string) dialectSQL {
 	var d dialectSQL
 	rb := func(q string) string { return sqlstore.Rebind(driver, q) }
+	if driver == "postgres" {
+		d.keyArray = true
+		d.selectArray = `SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = $1 AND key = ANY($2::bigint[])`
+	}
 	for i, n := range getSizes {
 		d.selects[i] = rb("SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", n-1) + ")")
 	}
@@ -348,6 +357,20 @@ func upsertSQL(n int) string {
 // readRows reads the rows of the distinct keys uniq (sorted) and calls
 // found for each stored one.
 func (s *SQLStore) readRows(ctx context.Context, scope string, uniq []int64, found func(k int64, r Row)) error {
+	if s.q.keyArray {
+		if len(uniq) == 0 {
+			return nil
+		}
+		st, err := s.stmt(ctx, s.q.selectArray)
+		if err != nil {
+			return err
+		}
+		rows, err := st.QueryContext(ctx, scope, uniq)
+		if err != nil {
+			return err
+		}
+		return scanRows(rows, found)
+	}
 	args := make([]any, 0, getSizes[len(getSizes)-1]+1)
 	for start := 0; start < len(uniq); {
 		n := len(uniq) - start
@@ -375,21 +398,30 @@ func (s *SQLStore) readRows(ctx context.Context, scope string, uniq []int64, fou
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var k int64
-			var r Row
-			if err := rows.Scan(&k, &r.Ham, &r.Spam, &r.W, &r.G); err != nil {
-				rows.Close()
-				return err
-			}
-			found(k, r)
-		}
-		if err := rows.Close(); err != nil {
+		if err := scanRows(rows, found); err != nil {
 			return err
 		}
 		start = end
 	}
 	return nil
+}
+
+// scanRows calls found for each (key, ham, spam, w, g) row and closes rows.
+func scanRows(rows *sql.Rows, found func(k int64, r Row)) error {
+	for rows.Next() {
+		var k int64
+		var r Row
+		if err := rows.Scan(&k, &r.Ham, &r.Spam, &r.W, &r.G); err != nil {
+			rows.Close()
+			return err
+		}
+		found(k, r)
+	}
+	if err := rows.Err(); err != nil { // a failure mid-way is not the end of the rows
+		rows.Close()
+		return err
+	}
+	return rows.Close()
 }
 
 // uniqKeys returns the distinct keys of keys, sorted (B-tree locality),
@@ -469,6 +501,10 @@ func (s *SQLStore) ReadModel(ctx context.Context, scopes []string, usable func(i
 		if i := slices.Index(scopes, name); i >= 0 {
 			tot[i], ver[i], has[i] = t, v, true
 		}
+	}
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return 0, Totals{}, nil, err
 	}
 	if err := rows.Close(); err != nil {
 		return 0, Totals{}, nil, err
