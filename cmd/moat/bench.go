@@ -23,6 +23,8 @@ func cmdBench(args []string) int {
 	logLevel := fs.String("log-level", "info", "moat's log level during the runs (info: the production cost of one line per transaction)")
 	clamdAddr := fs.String("clamd", "", "clamd address for the full profile (unix:/path or tcp:host:port); empty starts a clamd with a tiny signature database")
 	output := fs.String("output", "", "also write the Markdown table to this file")
+	message := fs.String("message", "", "send this file as every message (smtp-source -F) instead of generated filler of --size bytes, e.g. a real mail")
+	train := fs.String("train", "", "labelled corpus (.tar.gz with ham/ and spam/ members, or a directory) the full profile's classifier learns before its runs")
 	moatBin := fs.String("moat", "", "moat binary to measure (default: this one), e.g. an older build for a before/after comparison")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: moat bench [flags]\n\nDrives smtp-source (Postfix) one message per connection into smtp-sink (the ceiling) and\nthrough `moat serve` into a sink backend, in the same run; reports msgs/s, latency, peak RSS.")
@@ -54,8 +56,18 @@ func cmdBench(args []string) int {
 		fmt.Fprintln(os.Stderr, "moat bench: --runs must be >= 1")
 		return 2
 	}
+	for flag, path := range map[string]string{"--message": *message, "--train": *train} {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			fmt.Fprintf(os.Stderr, "moat bench: %s: %v\n", flag, err)
+			return 2
+		}
+	}
 	o := bench.Options{Moat: self, Messages: *msgs, Size: *size, Senders: ss, Profiles: strings.Split(*profiles, ","),
-		ProfileConfig: bench.ProfileConfig, Log: os.Stdout, Runs: *runs, LogLevel: *logLevel, Clamd: *clamdAddr}
+		ProfileConfig: bench.ProfileConfig, Log: os.Stdout, Runs: *runs, LogLevel: *logLevel, Clamd: *clamdAddr,
+		Message: *message, Train: *train}
 	rows, err := bench.Run(ctx, o)
 	if *markdown || err != nil {
 		bench.Markdown(os.Stdout, rows, o)

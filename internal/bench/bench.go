@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"net"
 	"net/http"
@@ -48,6 +49,15 @@ type Options struct {
 	// Clamd is the address of a running clamd for the full profile
 	// ("unix:/path" or "tcp:host:port"); empty starts one.
 	Clamd string
+	// Message is a file smtp-source sends as every message (-F) instead
+	// of its generated filler of Size bytes, e.g. a real mail, so that
+	// the content checks see realistic text.
+	Message string
+	// Train is a labelled corpus (a .tar.gz with ham/ and spam/ members,
+	// or a directory) the full profile's classifier learns before its
+	// runs (once; every run starts from a copy of that model), so that
+	// the classifier scores with a real model instead of staying silent.
+	Train string
 }
 
 // Env is what a profile's config can refer to.
@@ -57,6 +67,59 @@ type Env struct {
 	Backend  string // the sink's address
 	Resolver string
 	Clamd    string // clamd address for the full profile, "" if none
+
+	trained string // the database with the model learned from Options.Train
+}
+
+// trainedModel learns Options.Train once into a database of its own, with
+// the full profile's configuration (cfg, whose data_dir line it replaces).
+func (e *Env) trainedModel(ctx context.Context, o Options, cfg string) error {
+	if e.trained != "" {
+		return nil
+	}
+	data := filepath.Join(e.Dir, "trained", "data")
+	if err := os.MkdirAll(data, 0o750); err != nil {
+		return err
+	}
+	lines := strings.SplitN(cfg, "\n", 3)
+	if len(lines) < 3 || !strings.HasPrefix(lines[1], "data_dir: ") {
+		return errors.New("bench: unexpected config layout")
+	}
+	lines[1] = "data_dir: " + data
+	cfgPath := filepath.Join(e.Dir, "trained", "moat.yaml")
+	if err := os.WriteFile(cfgPath, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		return err
+	}
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, o.Moat, "learn", "--config", cfgPath, "--label-from-path", o.Train, "-q").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("bench: training the full profile's model: %v: %s", err, tail(string(out), 2000))
+	}
+	if o.Log != nil {
+		fmt.Fprintf(o.Log, "trained the full profile's model from %s in %v: %s\n", o.Train, time.Since(start).Round(time.Millisecond), strings.TrimSpace(tail(string(out), 300)))
+	}
+	e.trained = filepath.Join(data, "moat.db")
+	return nil
+}
+
+// copyFile copies an SQLite database (and its WAL, if one was left) to dst.
+func copyFile(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o750); err != nil {
+		return err
+	}
+	for _, ext := range []string{"", "-wal"} {
+		b, err := os.ReadFile(src + ext)
+		if ext != "" && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(dst+ext, b, 0o640); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Row is one measured configuration.
@@ -126,13 +189,19 @@ func waitListenOr(addr string, d time.Duration, stop <-chan struct{}) error {
 func waitListen(addr string, d time.Duration) error { return waitListenOr(addr, d, nil) }
 
 // source runs smtp-source and returns its wall time.
-func source(ctx context.Context, senders, msgs, size int, addr, rcpt string) (time.Duration, error) {
+func source(ctx context.Context, senders, msgs, size int, file, addr, rcpt string) (time.Duration, error) {
 	bin, err := tool("smtp-source")
 	if err != nil {
 		return 0, err
 	}
-	cmd := exec.CommandContext(ctx, bin, "-s", strconv.Itoa(senders), "-m", strconv.Itoa(msgs), "-l", strconv.Itoa(size),
-		"-M", "bench-client.example", "-f", "bench@sender.example", "-t", rcpt, addr)
+	args := []string{"-s", strconv.Itoa(senders), "-m", strconv.Itoa(msgs)}
+	if file != "" {
+		args = append(args, "-F", file)
+	} else {
+		args = append(args, "-l", strconv.Itoa(size))
+	}
+	args = append(args, "-M", "bench-client.example", "-f", "bench@sender.example", "-t", rcpt, addr)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	el := time.Since(start)
@@ -153,7 +222,7 @@ func firstLine(s string) string {
 }
 
 // Ceiling measures smtp-source straight into smtp-sink.
-func Ceiling(ctx context.Context, senders, msgs, size int) (Row, error) {
+func Ceiling(ctx context.Context, senders, msgs, size int, file string) (Row, error) {
 	row := Row{Target: "smtp-sink (ceiling)", Senders: senders, Messages: msgs}
 	bin, err := tool("smtp-sink")
 	if err != nil {
@@ -175,7 +244,7 @@ func Ceiling(ctx context.Context, senders, msgs, size int) (Row, error) {
 	if err := waitListen(addr, 10*time.Second); err != nil {
 		return row, err
 	}
-	el, err := source(ctx, senders, msgs, size, addr, "user@bench.example")
+	el, err := source(ctx, senders, msgs, size, file, addr, "user@bench.example")
 	if err != nil {
 		row.Errors = err.Error()
 	}
@@ -234,6 +303,14 @@ domains:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return row, err
 	}
+	if profile == "full" && o.Train != "" {
+		if err := env.trainedModel(ctx, o, cfg); err != nil {
+			return row, err
+		}
+		if err := copyFile(env.trained, filepath.Join(dir, "data", "moat.db")); err != nil {
+			return row, err
+		}
+	}
 	logf, err := os.Create(filepath.Join(dir, "moat.log"))
 	if err != nil {
 		return row, err
@@ -270,7 +347,7 @@ func measure(ctx context.Context, o Options, row Row, senders int, smtpAddr, htt
 	base := backendCounter.Count()
 	cpu0 := cpuTime(cmd.Process.Pid)
 	start := time.Now()
-	el, err := source(ctx, senders, o.Messages, o.Size, smtpAddr, "user@bench.example")
+	el, err := source(ctx, senders, o.Messages, o.Size, o.Message, smtpAddr, "user@bench.example")
 	if err != nil {
 		row.Errors = err.Error()
 	}
@@ -443,7 +520,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	for _, s := range o.Senders {
 		var ceil []Row
 		for range runs {
-			r, err := Ceiling(ctx, s, o.Messages, o.Size)
+			r, err := Ceiling(ctx, s, o.Messages, o.Size, o.Message)
 			if err != nil {
 				return rows, err
 			}

@@ -41,8 +41,55 @@ const headerTokenLimit = 64
 
 type extractor struct {
 	names bool
-	seen  map[uint64]struct{}
+	seen  hashSet
 	out   []Feature
+}
+
+// hashSet is an open-addressing set of feature hashes: a message has a few
+// thousand, and a Go map spent more time growing and hashing than the
+// rest of feature extraction. Slot value 0 means empty; the hash 0 is
+// tracked apart.
+type hashSet struct {
+	slots []uint64
+	n     int
+	zero  bool
+}
+
+// add inserts h and reports whether it was new.
+func (s *hashSet) add(h uint64) bool {
+	if h == 0 {
+		if s.zero {
+			return false
+		}
+		s.zero = true
+		return true
+	}
+	if (s.n+1)*4 > len(s.slots)*3 {
+		s.grow()
+	}
+	mask := uint64(len(s.slots) - 1)
+	// The hashes are FNV-1a outputs; mix the high bits in before masking.
+	for i := (h ^ h>>29) * 0x9E3779B97F4A7C15 >> 32 & mask; ; i = (i + 1) & mask {
+		switch s.slots[i] {
+		case h:
+			return false
+		case 0:
+			s.slots[i] = h
+			s.n++
+			return true
+		}
+	}
+}
+
+func (s *hashSet) grow() {
+	old := s.slots
+	s.slots = make([]uint64, max(8192, 2*len(old)))
+	s.n = 0
+	for _, h := range old {
+		if h != 0 {
+			s.add(h)
+		}
+	}
 }
 
 const (
@@ -64,10 +111,9 @@ func (x *extractor) add(prefix, tok string) {
 }
 
 func (x *extractor) addHash(h uint64, prefix, tok string) {
-	if _, dup := x.seen[h]; dup {
+	if !x.seen.add(h) {
 		return
 	}
-	x.seen[h] = struct{}{}
 	f := Feature{Hash: h}
 	if x.names {
 		f.Name = prefix + tok
@@ -81,10 +127,9 @@ func (x *extractor) pair(a, b string, d int) {
 	h ^= uint64('0' + d)
 	h *= fnvPrime
 	h = hashStr(h, b)
-	if _, dup := x.seen[h]; dup {
+	if !x.seen.add(h) {
 		return
 	}
-	x.seen[h] = struct{}{}
 	f := Feature{Hash: h}
 	if x.names {
 		f.Name = "p:" + a + " " + strings.Repeat("_ ", d-1) + b
@@ -103,7 +148,7 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 	if maxWords <= 0 {
 		maxWords = 3000
 	}
-	x := &extractor{names: names, seen: make(map[uint64]struct{}, 512)}
+	x := &extractor{names: names, out: make([]Feature, 0, fs.Grams+512)}
 	if fs.Grams > 0 {
 		grams(x, m, fs.Grams)
 	}

@@ -1,6 +1,7 @@
 package classify
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"moat.dev/moat/internal/message"
@@ -43,5 +44,33 @@ func TestHeaderTokens(t *testing.T) {
 		if name == "hd:from:" || name == "hd:rcv:from " {
 			t.Errorf("empty header token %q", name)
 		}
+	}
+}
+
+// TestHashSet: the open-addressing set agrees with a map on hashes that
+// share low bits, repeat, include 0, and outgrow the first table.
+func TestHashSet(t *testing.T) {
+	var s hashSet
+	ref := map[uint64]bool{}
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 40000 {
+		var h uint64
+		switch i % 4 {
+		case 0:
+			h = r.Uint64()
+		case 1:
+			h = uint64(r.IntN(5000)) << 40 // same low bits
+		case 2:
+			h = uint64(r.IntN(3)) // 0, 1, 2
+		default:
+			h = uint64(r.IntN(20000))
+		}
+		if got, want := s.add(h), !ref[h]; got != want {
+			t.Fatalf("add(%#x) = %v, want %v (after %d adds)", h, got, want, i)
+		}
+		ref[h] = true
+	}
+	if n := s.n + map[bool]int{true: 1}[s.zero]; n != len(ref) {
+		t.Fatalf("set holds %d, want %d", n, len(ref))
 	}
 }
