@@ -15,6 +15,7 @@ import (
 	"moat.dev/moat/internal/check/bayes"
 	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/message"
+	"moat.dev/moat/internal/store/sqlstore"
 )
 
 // defaultClassifierDB is where moat learn/classify keep the model when no
@@ -66,9 +67,10 @@ func cmdLearn(args []string) int {
 	}
 	ctx := context.Background()
 	cfg := classify.DefaultConfig()
+	var sc storeConfig
 	if *cfgPath != "" {
 		var ok bool
-		if *dbPath, cfg, ok = modelFromConfig("learn", *cfgPath); !ok {
+		if sc, cfg, ok = modelFromConfig("learn", *cfgPath); !ok {
 			return 2
 		}
 	}
@@ -76,7 +78,7 @@ func cmdLearn(args []string) int {
 		cfg.Algorithm = *alg
 	}
 	cfg.TrainMode = *mode
-	c, closeDB, err := openClassifierMode(ctx, *dbPath, cfg)
+	c, closeDB, err := openModel(ctx, sc, *dbPath, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat learn:", err)
 		return 1
@@ -89,6 +91,9 @@ func cmdLearn(args []string) int {
 	case *ham != "":
 		path, fixed = *ham, classify.Ham
 	}
+	// All lessons through one Learner: learned in order, written in one
+	// transaction per classify.DefaultLearnerCommit lessons.
+	ln := c.NewLearner(0)
 	counts := map[classify.LearnOutcome]int{}
 	lim := message.DefaultLimits()
 	t0 := time.Now()
@@ -103,7 +108,7 @@ func cmdLearn(args []string) int {
 			}
 		}
 		m := message.ParseBytes(it.Data, lim)
-		out, err := c.Learn(ctx, *user, m, label)
+		out, err := ln.Learn(ctx, *user, m, label)
 		if err != nil {
 			return fmt.Errorf("%s: %w", it.Name, err)
 		}
@@ -114,6 +119,9 @@ func cmdLearn(args []string) int {
 		}
 		return nil
 	})
+	if ferr := ln.Flush(ctx); err == nil && ferr != nil {
+		err = ferr
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat learn:", err)
 		return 1
@@ -122,6 +130,33 @@ func cmdLearn(args []string) int {
 	fmt.Printf("%d messages in %.1fs: %d learned, %d moved, %d already known, %d skipped; model now has %d ham, %d spam\n",
 		total, time.Since(t0).Seconds(), counts[classify.Learned], counts[classify.Moved], counts[classify.AlreadyKnown], counts[classify.Skipped], t.Ham, t.Spam)
 	return 0
+}
+
+// storeConfig is the database of a Moat configuration (driver "" when
+// the command's --db is used instead).
+type storeConfig struct{ driver, dsn string }
+
+// openModel opens the classifier in the configured store (sqlite or
+// postgres, as moat serve does) or, without one, in the SQLite file path.
+func openModel(ctx context.Context, sc storeConfig, path string, cfg classify.Config) (*classify.Classifier, func(), error) {
+	if sc.driver == "" {
+		return openClassifierMode(ctx, path, cfg)
+	}
+	st, err := sqlstore.Open(ctx, sc.driver, sc.dsn)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := classify.MigrateDriver(ctx, st.DB(), st.Driver()); err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	tokens := classify.NewSQLStoreWith(st.DB(), classify.SQLStoreOptions{Driver: st.Driver()})
+	c, err := classify.New(cfg, tokens)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return c, func() { tokens.Close(); st.Close() }, nil
 }
 
 func openClassifierMode(ctx context.Context, path string, cfg classify.Config) (*classify.Classifier, func(), error) {
@@ -153,16 +188,17 @@ func cmdClassify(args []string) int {
 	}
 	ctx := context.Background()
 	cfg := classify.DefaultConfig()
+	var sc storeConfig
 	if *cfgPath != "" {
 		var ok bool
-		if *dbPath, cfg, ok = modelFromConfig("classify", *cfgPath); !ok {
+		if sc, cfg, ok = modelFromConfig("classify", *cfgPath); !ok {
 			return 2
 		}
 	}
 	if *alg != "" {
 		cfg.Algorithm = *alg
 	}
-	c, closeDB, err := openClassifierMode(ctx, *dbPath, cfg)
+	c, closeDB, err := openModel(ctx, sc, *dbPath, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat classify:", err)
 		return 1
@@ -294,20 +330,22 @@ func writeScores(path string, res *classify.EvalResult) error {
 	return errors.Join(w.Flush(), f.Close())
 }
 
-// modelFromConfig returns the model database and classifier settings that
+// modelFromConfig returns the store and classifier settings that
 // `moat serve` uses with the configuration at path.
-func modelFromConfig(cmd, path string) (string, classify.Config, bool) {
+func modelFromConfig(cmd, path string) (storeConfig, classify.Config, bool) {
 	cfg, ok := loadConfig(path)
 	if !ok {
-		return "", classify.Config{}, false
+		return storeConfig{}, classify.Config{}, false
 	}
-	if cfg.Store.Driver != "sqlite" {
-		fmt.Fprintf(os.Stderr, "moat %s: store.driver %s: the command-line trainer reads the embedded SQLite store only; use --db\n", cmd, cfg.Store.Driver)
-		return "", classify.Config{}, false
+	if cfg.Store.Driver == "sqlite" || cfg.Store.Driver == "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.Store.DSN), 0o750); err != nil {
+			fmt.Fprintf(os.Stderr, "moat %s: %v\n", cmd, err)
+			return storeConfig{}, classify.Config{}, false
+		}
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Store.DSN), 0o750); err != nil {
-		fmt.Fprintf(os.Stderr, "moat %s: %v\n", cmd, err)
-		return "", classify.Config{}, false
+	driver := cfg.Store.Driver
+	if driver == "" {
+		driver = "sqlite"
 	}
-	return cfg.Store.DSN, cfg.Checks.Bayes.Classifier, true
+	return storeConfig{driver: driver, dsn: cfg.Store.DSN}, cfg.Checks.Bayes.Classifier, true
 }

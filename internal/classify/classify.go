@@ -503,3 +503,75 @@ func (c *Classifier) Size(ctx context.Context) (int64, error) {
 func (c *Classifier) Totals(ctx context.Context, user string) (Totals, error) {
 	return c.store.Totals(ctx, c.Scope(user))
 }
+
+// DefaultLearnerCommit is how many lessons a Learner writes per
+// transaction by default.
+const DefaultLearnerCommit = 500
+
+// Learner learns many lessons in a row (moat learn): against a store
+// that supports it (BulkStore: SQLStore), the lessons are learned in
+// memory, in order, each seeing the ones before it, and written every
+// commitEvery lessons and by Flush, each time in one transaction. The
+// model written is the one learning the lessons one by one with Learn
+// would have written. Other stores learn each lesson at once. A Learner
+// is not safe for concurrent use; Flush before dropping it.
+type Learner struct {
+	c, direct   *Classifier
+	ov          *overlay
+	every, todo int
+}
+
+// NewLearner returns a Learner committing every commitEvery lessons (<= 0:
+// DefaultLearnerCommit).
+func (c *Classifier) NewLearner(commitEvery int) *Learner {
+	if commitEvery <= 0 {
+		commitEvery = DefaultLearnerCommit
+	}
+	l := &Learner{c: c, direct: c, every: commitEvery}
+	bs, ok := c.store.(BulkStore)
+	if !ok {
+		return l
+	}
+	l.ov = newOverlay(bs)
+	l.c = c.withStore(l.ov)
+	return l
+}
+
+// withStore returns a copy of c (and of its word model) over store.
+func (c *Classifier) withStore(store TokenStore) *Classifier {
+	cc := *c
+	cc.store = store
+	if c.words != nil {
+		cc.words = c.words.withStore(store)
+	}
+	return &cc
+}
+
+// Learn is Classifier.Learn within the batch.
+func (l *Learner) Learn(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
+	out, err := l.c.Learn(ctx, user, m, label)
+	if err != nil && l.ov != nil {
+		l.ov = newOverlay(l.ov.base) // a lesson may be half learned: drop the batch
+		l.c = l.direct.withStore(l.ov)
+		l.todo = 0
+	}
+	if err != nil || l.ov == nil {
+		return out, err
+	}
+	l.todo++
+	if l.todo >= l.every {
+		return out, l.Flush(ctx)
+	}
+	return out, nil
+}
+
+// Flush writes the lessons learned since the last commit. After an error
+// of Learn or Flush, the lessons of the batch not yet written are lost
+// (none is half written).
+func (l *Learner) Flush(ctx context.Context) error {
+	if l.ov == nil {
+		return nil
+	}
+	l.todo = 0
+	return l.ov.flush(ctx)
+}

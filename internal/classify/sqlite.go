@@ -298,8 +298,12 @@ type dialectSQL struct {
 	selects     [len(getSizes)]string    // key lookups, by padded IN-list length
 	totals      [3]string                // totals and versions, by number of scopes (1, 2)
 	upserts     [len(upsertSizes)]string // multi-row upserts, by row count
+	sets        [len(upsertSizes)]string // multi-row upserts that set the rows (Apply)
 	shrink, addTotals, bumpVersion, forgetLesson, putLesson,
 	totalsOne, lesson, size string
+	// Apply's: the version bump that returns the new version, setting
+	// totals, removing a key, reading a version.
+	bumpReturning, setTotals, deleteKey, version string
 }
 
 var sqliteSQL, postgresSQL = newDialectSQL("sqlite"), newDialectSQL("postgres")
@@ -323,6 +327,7 @@ func newDialectSQL(driver string) dialectSQL {
 	}
 	for i, n := range upsertSizes {
 		d.upserts[i] = rb(upsertSQL(n))
+		d.sets[i] = rb(setSQL(n))
 	}
 	d.shrink = rb(`DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`)
 	d.addTotals = rb(`INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
@@ -336,7 +341,28 @@ func newDialectSQL(driver string) dialectSQL {
 	d.totalsOne = rb(`SELECT ham, spam, bias FROM classify_totals WHERE scope = ?`)
 	d.lesson = rb(`SELECT label FROM classify_lessons WHERE scope = ? AND fp = ?`)
 	d.size = rb(`SELECT count(*) FROM classify_tokens WHERE scope = ?`)
+	d.bumpReturning = rb(`INSERT INTO classify_versions(scope, version) VALUES(?, 1)
+		ON CONFLICT(scope) DO UPDATE SET version = classify_versions.version + 1 RETURNING version`)
+	d.setTotals = rb(`INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
+		ON CONFLICT(scope) DO UPDATE SET ham = excluded.ham, spam = excluded.spam, bias = excluded.bias`)
+	d.deleteKey = rb(`DELETE FROM classify_tokens WHERE scope = ? AND key = ?`)
+	d.version = rb(`SELECT version FROM classify_versions WHERE scope = ?`)
 	return d
+}
+
+// setSQL returns the multi-row upsert statement for n rows that sets
+// them to the given values.
+func setSQL(n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString("(?,?,?,?,?,?)")
+	}
+	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = excluded.ham, spam = excluded.spam, w = excluded.w, g = excluded.g")
+	return b.String()
 }
 
 // upsertSQL returns the multi-row upsert statement for n rows.
@@ -682,27 +708,16 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 		_, err := tx.StmtContext(ctx, st[q]).ExecContext(ctx, args...)
 		return err
 	}
-	// Multi-row upserts in key order (concurrent batches lock rows in the
-	// same order), in chunks of upsertSizes.
+	// The version first: every writer of a scope (Update, Apply) locks
+	// its version row before any of its rows, so writers of one scope
+	// queue there and cannot deadlock on PostgreSQL.
+	if err = exec(s.q.bumpVersion, scope); err != nil {
+		return err
+	}
+	// Multi-row upserts in key order, in chunks of upsertSizes.
 	deltas, shrink := sortedDeltas(b.Deltas)
-	args := make([]any, 0, upsertSizes[0]*6)
-	for start := 0; start < len(deltas); {
-		si := len(upsertSizes) - 1
-		for i, n := range upsertSizes {
-			if n <= len(deltas)-start {
-				si = i
-				break
-			}
-		}
-		end := start + upsertSizes[si]
-		args = args[:0]
-		for _, d := range deltas[start:end] {
-			args = append(args, scope, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
-		}
-		if err = exec(s.q.upserts[si], args...); err != nil {
-			return err
-		}
-		start = end
+	if err = upsertChunks(exec, &s.q.upserts, scope, len(deltas), func(i int) Delta { return deltas[i] }); err != nil {
+		return err
 	}
 	for _, k := range shrink {
 		if err = exec(s.q.shrink, scope, k); err != nil {
@@ -710,9 +725,6 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 		}
 	}
 	if err = exec(s.q.addTotals, scope, b.Totals.Ham, b.Totals.Spam, b.Totals.Bias); err != nil {
-		return err
-	}
-	if err = exec(s.q.bumpVersion, scope); err != nil {
 		return err
 	}
 	if l := b.Lesson; l != nil {
@@ -728,6 +740,129 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 	err = tx.Commit()
 	s.invalidate(scope)
 	return err
+}
+
+// upsertChunks writes n rows (row(i) for i < n) with the multi-row
+// statements stmts, largest chunks first.
+func upsertChunks(exec func(q string, args ...any) error, stmts *[len(upsertSizes)]string, scope string, n int, row func(i int) Delta) error {
+	args := make([]any, 0, upsertSizes[0]*6)
+	for start := 0; start < n; {
+		si := len(upsertSizes) - 1
+		for i, size := range upsertSizes {
+			if size <= n-start {
+				si = i
+				break
+			}
+		}
+		end := start + upsertSizes[si]
+		args = args[:0]
+		for i := start; i < end; i++ {
+			d := row(i)
+			args = append(args, scope, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
+		}
+		if err := exec(stmts[si], args...); err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+// Version implements BulkStore.
+func (s *SQLStore) Version(ctx context.Context, scope string) (int64, error) {
+	var v int64
+	err := s.queryRow(ctx, s.q.version, []any{scope}, &v)
+	if err == sql.ErrNoRows {
+		return 0, nil
+	}
+	return v, err
+}
+
+// Apply implements BulkStore: one transaction for all of ws.
+func (s *SQLStore) Apply(ctx context.Context, ws []ScopeWrite) (err error) {
+	st := map[string]*sql.Stmt{}
+	need := []string{s.q.addTotals, s.q.setTotals, s.q.bumpReturning, s.q.shrink, s.q.deleteKey, s.q.forgetLesson, s.q.putLesson}
+	need = append(need, s.q.upserts[:]...)
+	need = append(need, s.q.sets[:]...)
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	for _, q := range need {
+		if st[q], err = s.stmt(ctx, q); err != nil {
+			s.release()
+			return err
+		}
+	}
+	s.release()
+	slices.SortFunc(ws, func(a, b ScopeWrite) int { return strings.Compare(a.Scope, b.Scope) })
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+		for _, w := range ws {
+			s.invalidate(w.Scope)
+		}
+	}()
+	exec := func(q string, args ...any) error {
+		_, err := tx.StmtContext(ctx, st[q]).ExecContext(ctx, args...)
+		return err
+	}
+	now := time.Now().Unix()
+	for _, w := range ws {
+		var v int64
+		if err = tx.StmtContext(ctx, st[s.q.bumpReturning]).QueryRowContext(ctx, w.Scope).Scan(&v); err != nil {
+			return err
+		}
+		rows := w.Rows
+		slices.SortFunc(rows, func(a, b KeyWrite) int { return cmp.Compare(int64(a.Key), int64(b.Key)) })
+		if v == w.Version+1 {
+			// Nobody wrote the scope since the lessons read it: set the
+			// rows to what the lessons computed.
+			var set []Delta
+			for _, r := range rows {
+				if r.Exists {
+					set = append(set, Delta{Key: r.Key, Ham: r.Row.Ham, Spam: r.Row.Spam, W: r.Row.W, G: r.Row.G})
+				} else if err = exec(s.q.deleteKey, w.Scope, int64(r.Key)); err != nil {
+					return err
+				}
+			}
+			if err = upsertChunks(exec, &s.q.sets, w.Scope, len(set), func(i int) Delta { return set[i] }); err != nil {
+				return err
+			}
+			err = exec(s.q.setTotals, w.Scope, w.Totals.Ham, w.Totals.Spam, w.Totals.Bias)
+		} else {
+			// Another writer came in between: add the changes.
+			if err = upsertChunks(exec, &s.q.upserts, w.Scope, len(rows), func(i int) Delta { return rows[i].Delta }); err != nil {
+				return err
+			}
+			for _, r := range rows {
+				if r.Shrunk {
+					if err = exec(s.q.shrink, w.Scope, int64(r.Key)); err != nil {
+						return err
+					}
+				}
+			}
+			err = exec(s.q.addTotals, w.Scope, w.DTotals.Ham, w.DTotals.Spam, w.DTotals.Bias)
+		}
+		if err != nil {
+			return err
+		}
+		for _, l := range w.Lessons {
+			if l.Label == Unknown {
+				err = exec(s.q.forgetLesson, w.Scope, l.FP[:])
+			} else {
+				err = exec(s.q.putLesson, w.Scope, l.FP[:], int(l.Label), now)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return tx.Commit()
 }
 
 // sortedDeltas sorts d by key (in place) and returns it with the deltas
