@@ -14,7 +14,10 @@ import (
 
 	_ "modernc.org/sqlite"
 
+	"moat.dev/moat/internal/check/bayes"
 	"moat.dev/moat/internal/check/clamav"
+	"moat.dev/moat/internal/classify"
+	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/store/sqlstore"
@@ -53,6 +56,8 @@ func cmdQuarantine(args []string) int {
 	qcfg := quarantine.DefaultConfig()
 	deps := quarantine.Deps{}
 	var db *sql.DB
+	driver := "sqlite"
+	bayesCfg := bayes.DefaultConfig()
 	switch {
 	case *cfgPath != "":
 		cfg, ok := loadConfig(*cfgPath)
@@ -65,8 +70,9 @@ func cmdQuarantine(args []string) int {
 			return 1
 		}
 		defer st.Close()
-		db = st.DB()
+		db, driver = st.DB(), st.Driver()
 		qcfg = cfg.Quarantine
+		bayesCfg = cfg.Checks.Bayes
 		// A release goes through the spool (the running daemon, or the
 		// next start), after a fresh virus scan.
 		deps.Enqueuer = queue.NewClient(cfg.Queue.SpoolDir)
@@ -74,7 +80,7 @@ func cmdQuarantine(args []string) int {
 			defer cl.Close()
 			deps.Scanner = clamAdapter{cl}
 		}
-		if err := users.Migrate(ctx, db); err != nil {
+		if err := users.MigrateDriver(ctx, db, driver); err != nil {
 			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
 			return 1
 		}
@@ -98,14 +104,51 @@ func cmdQuarantine(args []string) int {
 		fmt.Fprintln(os.Stderr, "moat quarantine: give --config FILE (or --db and --dir)")
 		return 2
 	}
-	deps.DB = db
+	deps.DB, deps.Driver = db, driver
+	// release --teach and report-spam teach the same classifier as serve
+	// (the bayes check's tokens in the same database).
+	lr, err := newCLILearner(ctx, db, driver, bayesCfg.Classifier)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+		return 1
+	}
+	deps.Learner = lr
 	q, err := quarantine.New(qcfg, deps)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat quarantine:", err)
 		return 1
 	}
 	defer q.Close()
-	return runQuarantine(ctx, q, db, fs.Args(), os.Stdin, os.Stdout, os.Stderr)
+	return runQuarantine(ctx, q, db, driver, fs.Args(), os.Stdin, os.Stdout, os.Stderr)
+}
+
+// cliLearner teaches the classifier from the CLI's corrections, the way
+// internal/app's learner does for the web UI.
+type cliLearner struct{ c *classify.Classifier }
+
+func newCLILearner(ctx context.Context, db *sql.DB, driver string, cfg classify.Config) (cliLearner, error) {
+	if err := classify.MigrateDriver(ctx, db, driver); err != nil {
+		return cliLearner{}, fmt.Errorf("classifier tables: %w", err)
+	}
+	c, err := classify.New(cfg, classify.NewSQLStoreWith(db, classify.SQLStoreOptions{Driver: driver}))
+	if err != nil {
+		return cliLearner{}, err
+	}
+	return cliLearner{c}, nil
+}
+
+func (l cliLearner) Learn(ctx context.Context, raw []byte, spam bool, user string) error {
+	lab := classify.Ham
+	if spam {
+		lab = classify.Spam
+	}
+	_, err := l.c.Learn(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), lab)
+	return err
+}
+
+func (l cliLearner) Score(ctx context.Context, raw []byte, user string) (float64, error) {
+	r, err := l.c.Classify(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), false)
+	return r.Prob, err
 }
 
 // clamAdapter lets the CLI's release scan again.
@@ -120,7 +163,7 @@ func (a clamAdapter) Scan(ctx context.Context, r io.Reader) (bool, string, error
 }
 
 // runQuarantine is the CLI on an open Store (tests call it directly).
-func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, driver string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "moat quarantine:", err)
 		return 1
@@ -227,7 +270,7 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, args []
 		}
 		return rc
 	case "user", "partner":
-		return runUsers(ctx, db, args, stdin, stdout, stderr)
+		return runUsers(ctx, db, driver, args, stdin, stdout, stderr)
 	}
 	fmt.Fprint(stderr, quarantineUsage)
 	return 2
@@ -293,12 +336,12 @@ func splitList(s string) []string {
 	return out
 }
 
-func runUsers(ctx context.Context, db *sql.DB, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if err := users.Migrate(ctx, db); err != nil {
+func runUsers(ctx context.Context, db *sql.DB, driver string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if err := users.MigrateDriver(ctx, db, driver); err != nil {
 		fmt.Fprintln(stderr, "moat quarantine:", err)
 		return 1
 	}
-	us := users.New(db)
+	us := users.NewDriver(db, driver)
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "moat quarantine:", err)
 		return 1

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"strings"
 	"testing"
 
+	"moat.dev/moat/internal/check/bayes"
 	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/quarantine/qtest"
 	"moat.dev/moat/internal/sink"
@@ -14,8 +16,16 @@ import (
 )
 
 func TestQuarantineCLI(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testQuarantineCLI(t, qtest.DB(t), "sqlite") })
+	t.Run("postgres", func(t *testing.T) { testQuarantineCLI(t, qtest.PostgresDB(t), "postgres") })
+}
+
+func testQuarantineCLI(t *testing.T, db *sql.DB, driver string) {
 	ctx := context.Background()
-	db := qtest.DB(t)
+	lr, err := newCLILearner(ctx, db, driver, bayes.DefaultConfig().Classifier)
+	if err != nil {
+		t.Fatal(err)
+	}
 	sk, err := sink.Start(sink.Config{Maildir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +33,7 @@ func TestQuarantineCLI(t *testing.T) {
 	defer sk.Close()
 	cfg := quarantine.DefaultConfig()
 	cfg.Dir = t.TempDir()
-	q, err := quarantine.New(cfg, quarantine.Deps{DB: db, Enqueuer: &qtest.SMTPEnqueuer{Addr: sk.Addr()}})
+	q, err := quarantine.New(cfg, quarantine.Deps{DB: db, Driver: driver, Learner: lr, Enqueuer: &qtest.SMTPEnqueuer{Addr: sk.Addr()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +45,7 @@ func TestQuarantineCLI(t *testing.T) {
 	}
 	run := func(stdin string, args ...string) (int, string, string) {
 		var out, errb bytes.Buffer
-		rc := runQuarantine(ctx, q, db, args, strings.NewReader(stdin), &out, &errb)
+		rc := runQuarantine(ctx, q, db, driver, args, strings.NewReader(stdin), &out, &errb)
 		return rc, out.String(), errb.String()
 	}
 	if rc, out, _ := run("", "list", "--domain", "a.example"); rc != 0 || !strings.Contains(out, id+"-1") || strings.Contains(out, id+"-2") {
@@ -61,6 +71,9 @@ func TestQuarantineCLI(t *testing.T) {
 	if !sk.Wait(1, 10e9) {
 		t.Error("release did not deliver")
 	}
+	if tot, err := lr.c.Totals(ctx, "a@a.example"); err != nil || tot.Ham != 1 {
+		t.Errorf("release --teach taught %+v, %v; want one ham", tot, err)
+	}
 	// A message ID acts on every copy still held.
 	if rc, out, _ := run("", "delete", id); rc != 1 || !strings.Contains(out, id+"-2 deleted") {
 		t.Errorf("delete by message id: %d %s", rc, out)
@@ -68,7 +81,7 @@ func TestQuarantineCLI(t *testing.T) {
 	if rc, _, errs := run("pw-123456789\n", "user", "add", "root", "--role", "site_admin"); rc != 0 {
 		t.Fatalf("user add: %s", errs)
 	}
-	us := users.New(db)
+	us := users.NewDriver(db, driver)
 	if _, err := us.Authenticate(ctx, "root", "pw-123456789"); err != nil {
 		t.Errorf("created user cannot log in: %v", err)
 	}

@@ -32,16 +32,16 @@ import (
 func (a *App) buildAdmin(ctx context.Context) error {
 	cfg := a.cfg
 	db := a.store.DB()
-	if err := users.Migrate(ctx, db); err != nil {
+	if err := users.MigrateDriver(ctx, db, a.store.Driver()); err != nil {
 		return fmt.Errorf("users: %w", err)
 	}
-	a.users = users.New(db)
+	a.users = users.NewDriver(db, a.store.Driver())
 	var scanner quarantine.Scanner
 	if a.clamav != nil {
 		scanner = clamScanner{a}
 	}
 	q, err := quarantine.New(cfg.Quarantine, quarantine.Deps{
-		DB: db, Enqueuer: a.queue, Scanner: scanner, Learner: a.learner,
+		DB: db, Driver: a.store.Driver(), Enqueuer: a.queue, Scanner: scanner, Learner: a.learner,
 		Logger: a.log.With("component", "quarantine"), Registerer: a.reg,
 	})
 	if err != nil {

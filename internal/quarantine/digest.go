@@ -149,7 +149,7 @@ func (s *Store) SendDigests(ctx context.Context) (int, error) {
 	if s.enq == nil || s.cfg.BaseURL == "" {
 		return 0, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT rcpt FROM q_entries WHERE digested=0 AND state='held' ORDER BY rcpt`)
+	rows, err := s.db.QueryContext(ctx, s.q.digestRcpts)
 	if err != nil {
 		return 0, err
 	}
@@ -180,7 +180,7 @@ func (s *Store) SendDigests(ctx context.Context) (int, error) {
 }
 
 func (s *Store) digestOne(ctx context.Context, rcpt string) error {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+entryCols+` FROM q_entries WHERE rcpt=? AND digested=0 AND state='held' ORDER BY received DESC`, rcpt)
+	rows, err := s.db.QueryContext(ctx, s.q.digestEntries, rcpt)
 	if err != nil {
 		return err
 	}
@@ -219,7 +219,7 @@ func (s *Store) digestOne(ctx context.Context, rcpt string) error {
 	}
 	defer tx.Rollback()
 	for _, e := range all {
-		if _, err := tx.ExecContext(ctx, `UPDATE q_entries SET digested=1 WHERE id=?`, e.ID); err != nil {
+		if _, err := tx.ExecContext(ctx, s.q.digested, e.ID); err != nil {
 			return err
 		}
 	}

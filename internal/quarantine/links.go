@@ -130,7 +130,7 @@ func (s *Store) CheckLink(ctx context.Context, tok string) (*Link, *Entry, error
 		return nil, nil, err
 	}
 	var n int
-	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM q_links_used WHERE hash=?`, linkHash(tok)).Scan(&n); err != nil {
+	if err := s.db.QueryRowContext(ctx, s.q.linkUsed, linkHash(tok)).Scan(&n); err != nil {
 		return nil, nil, err
 	}
 	if n > 0 {
@@ -154,7 +154,7 @@ func (s *Store) RedeemLink(ctx context.Context, tok string) (*Link, *Entry, erro
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT OR IGNORE INTO q_links_used(hash, used, expires) VALUES (?,?,?)`,
+	res, err := s.db.ExecContext(ctx, s.q.useLink,
 		linkHash(tok), s.now().Unix(), l.Expires.Unix())
 	if err != nil {
 		return nil, nil, err
@@ -184,7 +184,7 @@ func (s *Store) RedeemLink(ctx context.Context, tok string) (*Link, *Entry, erro
 		}
 	}
 	if err != nil && !errors.Is(err, ErrNotHeld) && !errors.Is(err, ErrInfected) {
-		s.db.ExecContext(context.WithoutCancel(ctx), `DELETE FROM q_links_used WHERE hash=?`, linkHash(tok))
+		s.db.ExecContext(context.WithoutCancel(ctx), s.q.unuseLink, linkHash(tok))
 		return l, e, fmt.Errorf("quarantine: link %s: %w", l.Action, err)
 	}
 	return l, e, err

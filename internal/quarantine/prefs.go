@@ -13,11 +13,19 @@ import (
 // list check. A sender is an address or "@domain".
 type Prefs struct {
 	db  *sql.DB
+	q   *queries
 	now func() time.Time
 }
 
-// NewPrefs returns the preference table on db (Migrate must have run).
-func NewPrefs(db *sql.DB) *Prefs { return &Prefs{db: db, now: time.Now} }
+// NewPrefs returns the preference table on an SQLite db (Migrate must
+// have run).
+func NewPrefs(db *sql.DB) *Prefs { return NewPrefsDriver(db, "sqlite") }
+
+// NewPrefsDriver returns the preference table on db for driver ("sqlite"
+// or "postgres"; MigrateDriver must have run).
+func NewPrefsDriver(db *sql.DB, driver string) *Prefs {
+	return &Prefs{db: db, q: newQueries(driver), now: time.Now}
+}
 
 // Pref kinds.
 const (
@@ -32,11 +40,10 @@ func (p *Prefs) set(ctx context.Context, rcpt, sender, kind, by string) error {
 	if rcpt == "" || sender == "" {
 		return errors.New("quarantine: empty recipient or sender")
 	}
-	_, err := p.db.ExecContext(ctx, `INSERT INTO q_prefs(rcpt, sender, kind, created, by) VALUES (?,?,?,?,?)
-		ON CONFLICT(rcpt, sender) DO UPDATE SET kind=excluded.kind, created=excluded.created, by=excluded.by`,
+	_, err := p.db.ExecContext(ctx, p.q.setPref,
 		rcpt, sender, kind, p.now().Unix(), by)
 	if err == nil {
-		audit(ctx, p.db, p.now(), "", "", kind+"_sender", by, rcpt+" "+sender)
+		p.q.audit(ctx, p.db, p.now(), "", "", kind+"_sender", by, rcpt+" "+sender)
 	}
 	return err
 }
@@ -53,7 +60,7 @@ func (p *Prefs) BlockSender(ctx context.Context, rcpt, sender, by string) error 
 
 // Remove forgets the preference for a sender.
 func (p *Prefs) Remove(ctx context.Context, rcpt, sender string) error {
-	_, err := p.db.ExecContext(ctx, `DELETE FROM q_prefs WHERE rcpt=? AND sender=?`, normSender(rcpt), normSender(sender))
+	_, err := p.db.ExecContext(ctx, p.q.delPref, normSender(rcpt), normSender(sender))
 	return err
 }
 
@@ -71,7 +78,7 @@ func (p *Prefs) Lookup(ctx context.Context, rcpt, sender string) (string, error)
 	}
 	for _, c := range cands {
 		var kind string
-		err := p.db.QueryRowContext(ctx, `SELECT kind FROM q_prefs WHERE rcpt=? AND sender=?`, rcpt, c).Scan(&kind)
+		err := p.db.QueryRowContext(ctx, p.q.lookupPref, rcpt, c).Scan(&kind)
 		if err == nil {
 			return kind, nil
 		}
@@ -90,7 +97,7 @@ type Pref struct {
 
 // List returns the preferences of one recipient.
 func (p *Prefs) List(ctx context.Context, rcpt string) ([]Pref, error) {
-	rows, err := p.db.QueryContext(ctx, `SELECT rcpt, sender, kind, by, created FROM q_prefs WHERE rcpt=? ORDER BY sender`, normSender(rcpt))
+	rows, err := p.db.QueryContext(ctx, p.q.listPrefs, normSender(rcpt))
 	if err != nil {
 		return nil, err
 	}

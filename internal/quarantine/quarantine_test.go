@@ -35,7 +35,14 @@ type env struct {
 	cfg  quarantine.Config
 }
 
-func newEnv(t *testing.T, withClamd bool) *env {
+// backends runs f against SQLite and against PostgreSQL (skipped without
+// MOAT_TEST_POSTGRES unless MOAT_REQUIRE_TOOLS=1).
+func backends(t *testing.T, f func(t *testing.T, driver string)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, "sqlite") })
+	t.Run("postgres", func(t *testing.T) { f(t, "postgres") })
+}
+
+func newEnv(t *testing.T, driver string, withClamd bool) *env {
 	t.Helper()
 	sk, err := sink.Start(sink.Config{Maildir: t.TempDir()})
 	if err != nil {
@@ -43,7 +50,11 @@ func newEnv(t *testing.T, withClamd bool) *env {
 	}
 	t.Cleanup(func() { sk.Close() })
 	e := &env{sink: sk, enq: &qtest.SMTPEnqueuer{Addr: sk.Addr()}, now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
-	deps := quarantine.Deps{DB: qtest.DB(t), Enqueuer: e.enq, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return e.now }}
+	db := qtest.DB
+	if driver == "postgres" {
+		db = qtest.PostgresDB
+	}
+	deps := quarantine.Deps{DB: db(t), Driver: driver, Enqueuer: e.enq, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return e.now }}
 	if withClamd {
 		cd := clamdtest.Shared(t)
 		cc := clamd.DefaultConfig()
@@ -83,8 +94,10 @@ func (e *env) hold(t *testing.T, entry quarantine.Entry, raw string) string {
 	return id
 }
 
-func TestHoldStoresFileRowsAndAudit(t *testing.T) {
-	e := newEnv(t, false)
+func TestHoldStoresFileRowsAndAudit(t *testing.T) { backends(t, testHoldStoresFileRowsAndAudit) }
+
+func testHoldStoresFileRowsAndAudit(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	raw := msg("Cheap watches", "buy now")
 	id := e.hold(t, quarantine.Entry{MsgID: "abc123", From: "alice@sender.example", Rcpts: []string{"Bob@A.example", "carol@b.example"},
@@ -136,7 +149,11 @@ func TestHoldStoresFileRowsAndAudit(t *testing.T) {
 }
 
 func TestReleaseDeliversOnlyToThatRecipient(t *testing.T) {
-	e := newEnv(t, false)
+	backends(t, testReleaseDeliversOnlyToThatRecipient)
+}
+
+func testReleaseDeliversOnlyToThatRecipient(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	id := e.hold(t, quarantine.Entry{From: "alice@sender.example", Rcpts: []string{"bob@a.example", "carol@a.example"},
 		Prepend: "Authentication-Results: moat; spf=pass\r\n"}, msg("Invoice", "please pay"))
@@ -187,8 +204,10 @@ func TestReleaseDeliversOnlyToThatRecipient(t *testing.T) {
 	}
 }
 
-func TestReleaseRescansWithClamd(t *testing.T) {
-	e := newEnv(t, true)
+func TestReleaseRescansWithClamd(t *testing.T) { backends(t, testReleaseRescansWithClamd) }
+
+func testReleaseRescansWithClamd(t *testing.T, driver string) {
+	e := newEnv(t, driver, true)
 	ctx := context.Background()
 	id := e.hold(t, quarantine.Entry{From: "x@sender.example", Rcpts: []string{"bob@a.example"}}, msg("virus", eicar))
 	_, err := e.q.Release(ctx, id+"-1", quarantine.ReleaseOptions{By: "bob"})
@@ -211,8 +230,10 @@ func TestReleaseRescansWithClamd(t *testing.T) {
 	}
 }
 
-func TestReleaseQueueDownStaysHeld(t *testing.T) {
-	e := newEnv(t, false)
+func TestReleaseQueueDownStaysHeld(t *testing.T) { backends(t, testReleaseQueueDownStaysHeld) }
+
+func testReleaseQueueDownStaysHeld(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	e.sink.Close()
 	ctx := context.Background()
 	id := e.hold(t, quarantine.Entry{From: "x@sender.example", Rcpts: []string{"bob@a.example"}}, msg("s", "b"))
@@ -224,8 +245,10 @@ func TestReleaseQueueDownStaysHeld(t *testing.T) {
 	}
 }
 
-func TestListFilters(t *testing.T) {
-	e := newEnv(t, false)
+func TestListFilters(t *testing.T) { backends(t, testListFilters) }
+
+func testListFilters(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	base := e.now
 	e.hold(t, quarantine.Entry{From: "a@s.example", Rcpts: []string{"bob@a.example"}, Subject: "Win 100% prize", Score: 12, Received: base.Add(-3 * time.Hour)}, msg("x", "y"))
@@ -273,8 +296,10 @@ func TestListFilters(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-func TestExpiry(t *testing.T) {
-	e := newEnv(t, false)
+func TestExpiry(t *testing.T) { backends(t, testExpiry) }
+
+func testExpiry(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	short := e.hold(t, quarantine.Entry{Rcpts: []string{"x@short.example"}}, msg("s", "b"))
 	long := e.hold(t, quarantine.Entry{Rcpts: []string{"x@a.example"}}, msg("s", "b"))
@@ -307,8 +332,10 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
-func TestReportSpamAndPrefs(t *testing.T) {
-	e := newEnv(t, false)
+func TestReportSpamAndPrefs(t *testing.T) { backends(t, testReportSpamAndPrefs) }
+
+func testReportSpamAndPrefs(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	id := e.hold(t, quarantine.Entry{From: "spam@s.example", Rcpts: []string{"bob@a.example"}}, msg("s", "b"))
 	if err := e.q.ReportSpam(ctx, id+"-1", "bob"); err != nil {
@@ -334,8 +361,10 @@ func TestReportSpamAndPrefs(t *testing.T) {
 	}
 }
 
-func TestLinks(t *testing.T) {
-	e := newEnv(t, false)
+func TestLinks(t *testing.T) { backends(t, testLinks) }
+
+func testLinks(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	id := e.hold(t, quarantine.Entry{From: "a@s.example", Rcpts: []string{"bob@a.example", "carol@a.example"}}, msg("s", "b"))
 	l := quarantine.Link{Action: quarantine.LinkRelease, EntryID: id + "-1", Rcpt: "bob@a.example", Expires: e.now.Add(time.Hour)}
@@ -381,8 +410,10 @@ func TestLinks(t *testing.T) {
 	}
 }
 
-func TestDigest(t *testing.T) {
-	e := newEnv(t, false)
+func TestDigest(t *testing.T) { backends(t, testDigest) }
+
+func testDigest(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
 	ctx := context.Background()
 	e.hold(t, quarantine.Entry{From: "a@s.example", Rcpts: []string{"bob@a.example"}, Subject: "Prize <b>now</b>", Score: 11}, msg("s", "b"))
 	e.hold(t, quarantine.Entry{From: "b@s.example", Rcpts: []string{"bob@a.example", "carol@b.example"}, Subject: "Invoice", Score: 7}, msg("s", "b"))

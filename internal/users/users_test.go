@@ -2,6 +2,7 @@ package users_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"strings"
 	"testing"
@@ -26,13 +27,26 @@ func TestPasswordHash(t *testing.T) {
 	}
 }
 
-func TestUsersScopesSessions(t *testing.T) {
+// backends runs f against SQLite and against PostgreSQL (a fresh
+// database per run; skipped without MOAT_TEST_POSTGRES unless
+// MOAT_REQUIRE_TOOLS=1).
+func backends(t *testing.T, f func(t *testing.T, db *sql.DB, driver string)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, qtest.DB(t), "sqlite") })
+	t.Run("postgres", func(t *testing.T) { f(t, qtest.PostgresDB(t), "postgres") })
+}
+
+func TestUsersScopesSessions(t *testing.T) { backends(t, testUsersScopesSessions) }
+
+func testUsersScopesSessions(t *testing.T, db *sql.DB, driver string) {
 	ctx := context.Background()
-	db := qtest.DB(t)
-	if err := users.Migrate(ctx, db); err != nil {
+	if err := users.MigrateDriver(ctx, db, driver); err != nil {
 		t.Fatal(err)
 	}
-	s := users.New(db)
+	// Migrating twice is harmless (every start migrates).
+	if err := users.MigrateDriver(ctx, db, driver); err != nil {
+		t.Fatal(err)
+	}
+	s := users.NewDriver(db, driver)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	s.SetClock(func() time.Time { return now })
 	u := &users.User{Name: " Erin ", Role: users.EndUser, Addresses: []string{"Erin@A.example", "e@a.example", "e@a.example"}}
@@ -89,5 +103,31 @@ func TestUsersScopesSessions(t *testing.T) {
 	}
 	if _, err := s.Authenticate(ctx, "erin", "password-1"); !errors.Is(err, users.ErrBadCredentials) {
 		t.Errorf("disabled user logged in: %v", err)
+	}
+	if g, err := s.Get(ctx, got.ID); err != nil || !g.Disabled || g.Name != "erin" || !g.Created.Equal(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("get disabled user: %+v %v", g, err)
+	}
+	got.Disabled = false
+	if err := s.Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, "erin", "password-1"); err != nil {
+		t.Errorf("re-enabled user: %v", err)
+	}
+	// IDs are distinct and Delete removes the user with its scopes.
+	if p.ID == 0 || p.ID == got.ID {
+		t.Errorf("ids %d %d", p.ID, got.ID)
+	}
+	if err := s.Delete(ctx, "erin"); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := s.List(ctx); err != nil || len(all) != 1 || all[0].Name != "p" || all[0].Partner != "acme" {
+		t.Errorf("list after delete: %v %v", all, err)
+	}
+	if err := s.Create(ctx, &users.User{Name: "erin", Role: users.DomainAdmin, Domains: []string{"A.example"}}, "password-2"); err != nil {
+		t.Fatalf("re-create: %v", err)
+	}
+	if u, err := s.ByName(ctx, "erin"); err != nil || len(u.Addresses) != 0 || len(u.Domains) != 1 || u.Domains[0] != "a.example" {
+		t.Errorf("re-created user kept old scopes: %+v %v", u, err)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -59,40 +58,6 @@ func postgresDB(t *testing.T) string {
 	return dsn + "/" + name + q
 }
 
-// startPG is gateway.Start, except that a gateway stopped at startup by
-// one of the stores that do not speak PostgreSQL yet skips the test with
-// that error instead of failing it (see the note in TestPostgresGateway).
-func startPG(t *testing.T, g *gateway) {
-	t.Helper()
-	g.cmd = exec.Command(moatBin, "serve", "--config", g.cfgPath)
-	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	g.waitDone = make(chan struct{})
-	go func() { g.cmd.Wait(); close(g.waitDone) }()
-	waitFor(t, "moat serve to listen", 30*time.Second, func() bool {
-		select {
-		case <-g.waitDone:
-			g.cmd = nil
-			log := g.log.String()
-			for _, gap := range []string{"moat: users: users: migrate:", "moat: quarantine: quarantine: migrate:"} {
-				if i := strings.Index(log, gap); i >= 0 {
-					line, _, _ := strings.Cut(log[i:], "\n")
-					t.Skipf("KNOWN GAP, not yet ported to PostgreSQL: %s", line)
-				}
-			}
-			t.Fatalf("moat serve exited early:\n%s", log)
-		default:
-		}
-		c, err := smtpDialRaw(g.SMTP)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-}
-
 // pgMail is a message of a spam or ham vocabulary, distinct by n.
 func pgMail(spam bool, n int, to string) string {
 	subject, body := "project meeting notes", "hi team, the budget review and the agenda for thursday's project meeting are attached, thanks"
@@ -107,11 +72,6 @@ func pgMail(spam bool, n int, to string) string {
 // recipients, the classifier's model (trained in the shared database by
 // another process, as a second node or moat learn would), message
 // tracking and the admin API, the quarantine and its release.
-//
-// Note: internal/users and internal/quarantine still create their tables
-// with SQLite-only SQL; until they are ported, serve stops at startup and
-// this test skips naming the failing statement (startPG). Any other
-// failure fails it.
 func TestPostgresGateway(t *testing.T) {
 	dsn := postgresDB(t)
 	backend := startSink(t, sink.Config{})
@@ -126,7 +86,7 @@ func TestPostgresGateway(t *testing.T) {
 	if err := os.WriteFile(g.cfgPath, yml, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	startPG(t, g)
+	g.Start()
 
 	// Train the model in the database the running gateway reads.
 	ctx := context.Background()
@@ -248,8 +208,16 @@ func TestPostgresGateway(t *testing.T) {
 		}
 		return false
 	})
-	if out, code := g.moat("quarantine", "--config", g.cfgPath, "release", id); code != 0 {
+	before, err := trainer.Totals(ctx, "alice@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, code := g.moat("quarantine", "--config", g.cfgPath, "release", id, "--teach"); code != 0 {
 		t.Fatalf("release %s: exit %d: %s", id, code, out)
+	}
+	// --teach taught the shared model one more ham.
+	if after, err := trainer.Totals(ctx, "alice@example.test"); err != nil || after.Ham != before.Ham+1 {
+		t.Errorf("release --teach: ham %d -> %d (%v), want +1", before.Ham, after.Ham, err)
 	}
 	if !backend.Wait(3, 20*time.Second) {
 		t.Fatal("released message not delivered")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/testutil/dnstest"
+	"moat.dev/moat/internal/testutil/pgtest"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -118,6 +120,36 @@ func TestGreylistSQLite(t *testing.T) {
 	n, err := st.Cleanup(context.Background(), time.Unix(1_700_000_000, 0).Add(400*24*time.Hour))
 	if err != nil || n == 0 {
 		t.Fatalf("cleanup removed %d rows, %v", n, err)
+	}
+}
+
+func TestGreylistPostgres(t *testing.T) {
+	srv := pgtest.Open(t)
+	db, err := sql.Open("pgx", srv.Fresh(t, "moat_greylist_test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, stmt := range strings.Split(Schema, ";") {
+		if strings.TrimSpace(stmt) == "" {
+			continue
+		}
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := SQLStore{DB: db, Driver: "postgres"}
+	testGreylist(t, st)
+	n, err := st.Cleanup(context.Background(), time.Unix(1_700_000_000, 0).Add(400*24*time.Hour))
+	if err != nil || n == 0 {
+		t.Fatalf("cleanup removed %d rows, %v", n, err)
+	}
+}
+
+func TestRebindManyParams(t *testing.T) {
+	q := SQLStore{Driver: "postgres"}.q("VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+	if q != "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)" {
+		t.Fatalf("rebind: %s", q)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"time"
+
+	"moat.dev/moat/internal/store/sqlstore"
 )
 
 // Schema is the greylisting table for the store's database (SQLite and
@@ -25,22 +27,7 @@ type SQLStore struct {
 	Driver string
 }
 
-func (s SQLStore) q(query string) string {
-	if s.Driver != "postgres" {
-		return query
-	}
-	out := make([]byte, 0, len(query)+8)
-	n := 0
-	for i := 0; i < len(query); i++ {
-		if query[i] == '?' {
-			n++
-			out = append(out, '$', byte('0'+n))
-			continue
-		}
-		out = append(out, query[i])
-	}
-	return string(out)
-}
+func (s SQLStore) q(query string) string { return sqlstore.Rebind(s.Driver, query) }
 
 // Get implements Store.
 func (s SQLStore) Get(ctx context.Context, key string) (Entry, bool, error) {

@@ -22,6 +22,7 @@ import (
 	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/queue"
+	"moat.dev/moat/internal/testutil/pgtest"
 )
 
 // DB opens a fresh SQLite database in t.TempDir().
@@ -36,6 +37,20 @@ func DB(t testing.TB) *sql.DB {
 		if _, err := db.Exec(p); err != nil {
 			t.Fatal(err)
 		}
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// PostgresDB opens a fresh, empty PostgreSQL database on the server of
+// MOAT_TEST_POSTGRES (see pgtest: skipped when unset, unless
+// MOAT_REQUIRE_TOOLS=1). It is dropped when t ends.
+func PostgresDB(t testing.TB) *sql.DB {
+	t.Helper()
+	srv := pgtest.Open(t)
+	db, err := sql.Open("pgx", srv.Fresh(t, "moat_qtest"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	return db
