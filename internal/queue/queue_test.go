@@ -718,3 +718,69 @@ func histogramOf(q *Queue) [2]float64 {
 	q.m.batchSize.Write(&d)
 	return [2]float64{float64(d.GetHistogram().GetSampleCount()), d.GetHistogram().GetSampleSum()}
 }
+
+// TestParkedBacklogDrains: a backlog for one domain waits parked behind
+// per_domain; each finished delivery hands its slot to the next waiting
+// message, and messages deleted or held while parked neither block the
+// rest nor get delivered.
+func TestParkedBacklogDrains(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Workers = 8
+	cfg.PerDomain = 1
+	var mu sync.Mutex
+	cur, peak := 0, 0
+	gate := make(chan struct{})
+	rec := newRecorder(func(a attempt) []Result {
+		mu.Lock()
+		cur++
+		peak = max(peak, cur)
+		mu.Unlock()
+		<-gate
+		mu.Lock()
+		cur--
+		mu.Unlock()
+		return reply(a, ok250)
+	})
+	r := start(t, cfg, rec)
+	const n = 120
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = commit(t, r.Queue, "s@s.test", testMsg, fmt.Sprintf("u%d@busy.test", i))
+	}
+	waitFor(t, "first delivery running", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return cur == 1
+	})
+	gone := map[string]bool{}
+	for i := 10; i < 20; i++ {
+		if err := r.Delete(ids[i]); err != nil {
+			t.Fatal(err)
+		}
+		gone[ids[i]] = true
+	}
+	for i := 20; i < 30; i++ {
+		if err := r.Hold(ids[i]); err != nil {
+			t.Fatal(err)
+		}
+		gone[ids[i]] = true
+	}
+	close(gate)
+	waitFor(t, "backlog delivered", func() bool { return len(rec.snapshot()) >= n-20 })
+	waitFor(t, "queue holds only the held messages", func() bool { return len(r.List(Filter{})) == 10 })
+	seen := map[string]int{}
+	for _, a := range rec.snapshot() {
+		seen[a.Env.ID]++
+	}
+	for _, id := range ids {
+		switch {
+		case gone[id] && seen[id] > 0 && id != ids[0]:
+			t.Errorf("%s delivered after delete/hold", id)
+		case !gone[id] && seen[id] != 1:
+			t.Errorf("%s delivered %d times", id, seen[id])
+		}
+	}
+	if peak != 1 {
+		t.Fatalf("peak concurrency %d, want 1", peak)
+	}
+}

@@ -265,15 +265,31 @@ func (q *Queue) startLocked(j *job) {
 	go q.deliver(j, d)
 }
 
-// unparkLocked returns the jobs waiting for a slot in domain to the heap.
+// unparkLocked returns the oldest job waiting for a slot in domain to the
+// heap: one delivery of domain finished, so one slot is free. Returning
+// them all made every finished delivery cost O(parked) heap operations,
+// quadratic over a backlog (a customer's server coming back to thousands
+// of queued messages). Jobs parked for messages since deleted, held or
+// finished are dropped on the way.
 func (q *Queue) unparkLocked(domain string) {
 	js := q.parked[domain]
-	delete(q.parked, domain)
-	for _, j := range js {
+	for len(js) > 0 {
+		j := js[0]
+		js[0] = nil
+		js = js[1:]
 		j.parked = false
-		if j.e.jobs[j.domain] == j {
-			q.rescheduleLocked(j)
+		if j.e.jobs[j.domain] != j {
+			continue
 		}
+		q.rescheduleLocked(j)
+		if j.index >= 0 {
+			break
+		}
+	}
+	if len(js) == 0 {
+		delete(q.parked, domain)
+	} else {
+		q.parked[domain] = js
 	}
 }
 
