@@ -505,8 +505,12 @@ func (c *Classifier) Totals(ctx context.Context, user string) (Totals, error) {
 }
 
 // DefaultLearnerCommit is how many lessons a Learner writes per
-// transaction by default.
-const DefaultLearnerCommit = 500
+// transaction by default. Consecutive lessons touch mostly the same rows
+// (common 4-grams and words), so a longer batch writes each row fewer
+// times: learning the 3,250-message shared corpus into SQLite took 10.8 s
+// with 500 and 5.5 s in one batch. The overlay holds only the rows the
+// batch touched, so its memory is bounded by the model's size.
+const DefaultLearnerCommit = 5000
 
 // Learner learns many lessons in a row (moat learn): against a store
 // that supports it (BulkStore: SQLStore), the lessons are learned in
