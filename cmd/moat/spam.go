@@ -51,14 +51,8 @@ func cmdLearn(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	n := 0
-	for _, s := range []string{*spam, *ham, *fromPath} {
-		if s != "" {
-			n++
-		}
-	}
-	if n != 1 || fs.NArg() != 0 {
-		fmt.Fprintln(os.Stderr, "usage: moat learn --spam|--ham|--label-from-path PATH [--mode everything|on-error] [--db FILE] [--user ADDR]")
+	if (*fromPath != "" && (*spam != "" || *ham != "")) || (*fromPath == "" && *spam == "" && *ham == "") || fs.NArg() != 0 {
+		fmt.Fprintln(os.Stderr, "usage: moat learn [--spam PATH] [--ham PATH] | --label-from-path PATH [--mode everything|on-error] [--db FILE] [--user ADDR]")
 		return 2
 	}
 	if *mode != "everything" && *mode != "on-error" {
@@ -84,12 +78,21 @@ func cmdLearn(args []string) int {
 		return 1
 	}
 	defer closeDB()
-	path, fixed := *fromPath, classify.Unknown
+	// Sources of ham and spam: with both classes, they are learned
+	// interleaved in proportion (as moat eval orders its stream), not one
+	// class after the other, which would teach an online learner (and the
+	// stack's calibration) a run of one label, then a run of the other.
+	var srcs []learnSource
 	switch {
-	case *spam != "":
-		path, fixed = *spam, classify.Spam
-	case *ham != "":
-		path, fixed = *ham, classify.Ham
+	case *fromPath != "":
+		srcs = []learnSource{{*fromPath, classify.Ham, true}, {*fromPath, classify.Spam, true}}
+	default:
+		if *ham != "" {
+			srcs = append(srcs, learnSource{*ham, classify.Ham, false})
+		}
+		if *spam != "" {
+			srcs = append(srcs, learnSource{*spam, classify.Spam, false})
+		}
 	}
 	// All lessons through one Learner: learned in order, written in one
 	// transaction per classify.DefaultLearnerCommit lessons.
@@ -98,15 +101,7 @@ func cmdLearn(args []string) int {
 	lim := message.DefaultLimits()
 	t0 := time.Now()
 	total := 0
-	err = classify.ReadSource(path, func(it classify.Item) error {
-		label := fixed
-		if label == classify.Unknown {
-			label = it.Label
-			if label == classify.Unknown {
-				fmt.Fprintf(os.Stderr, "skip %s: no ham/ or spam/ in its path\n", it.Name)
-				return nil
-			}
-		}
+	err = interleave(ctx, srcs, func(it classify.Item, label classify.Label) error {
 		m := message.ParseBytes(it.Data, lim)
 		out, err := ln.Learn(ctx, *user, m, label)
 		if err != nil {
@@ -348,4 +343,101 @@ func modelFromConfig(cmd, path string) (storeConfig, classify.Config, bool) {
 		driver = "sqlite"
 	}
 	return storeConfig{driver: driver, dsn: cfg.Store.DSN}, cfg.Checks.Bayes.Classifier, true
+}
+
+// learnSource is one class's messages: all of path, or (byPath) only the
+// members whose path says label (ham/ or spam/).
+type learnSource struct {
+	path   string
+	label  classify.Label
+	byPath bool
+}
+
+func (src learnSource) read(fn func(classify.Item) error) error {
+	return classify.ReadSource(src.path, func(it classify.Item) error {
+		if src.byPath {
+			if l := classify.LabelFromPath(it.Name); l != src.label {
+				if l == classify.Unknown && src.label == classify.Ham {
+					fmt.Fprintf(os.Stderr, "skip %s: no ham/ or spam/ in its path\n", it.Name)
+				}
+				return nil
+			}
+		}
+		return fn(it)
+	})
+}
+
+// interleave calls fn for every message of srcs. With one source it
+// streams it; with several (ham and spam) it counts each first, then
+// reads them side by side and takes the next message from the source
+// whose share consumed so far is smallest, so the classes are spread
+// evenly through the lessons. Memory stays bounded: each source is read
+// in order by its own goroutine, one message ahead.
+func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, classify.Label) error) error {
+	if len(srcs) == 1 {
+		return srcs[0].read(func(it classify.Item) error { return fn(it, srcs[0].label) })
+	}
+	sizes := make([]int, len(srcs))
+	for i, src := range srcs {
+		if err := src.read(func(classify.Item) error { sizes[i]++; return nil }); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type next struct {
+		it  classify.Item
+		err error
+	}
+	chans := make([]chan next, len(srcs))
+	for i, src := range srcs {
+		ch := make(chan next)
+		chans[i] = ch
+		go func() {
+			defer close(ch)
+			err := src.read(func(it classify.Item) error {
+				select {
+				case ch <- next{it: it}:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				select {
+				case ch <- next{err: err}:
+				case <-ctx.Done():
+				}
+			}
+		}()
+	}
+	taken := make([]int, len(srcs))
+	open := len(srcs)
+	for open > 0 {
+		// The open source with the smallest consumed fraction; ties go to
+		// the first (ham).
+		pick := -1
+		for i := range srcs {
+			if chans[i] == nil {
+				continue
+			}
+			if pick < 0 || float64(taken[i])/float64(max(sizes[i], 1)) < float64(taken[pick])/float64(max(sizes[pick], 1)) {
+				pick = i
+			}
+		}
+		n, ok := <-chans[pick]
+		if !ok {
+			chans[pick] = nil
+			open--
+			continue
+		}
+		if n.err != nil {
+			return n.err
+		}
+		taken[pick]++
+		if err := fn(n.it, srcs[pick].label); err != nil {
+			return err
+		}
+	}
+	return nil
 }

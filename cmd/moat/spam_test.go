@@ -174,3 +174,43 @@ func postgresTestDB(t *testing.T) string {
 	u.Path = "/" + name
 	return u.String()
 }
+
+// TestLearnInterleaves: with ham and spam sources, moat learn spreads the
+// spam through the ham in proportion instead of learning one class after
+// the other; --label-from-path does the same within one source.
+func TestLearnInterleaves(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		class string
+		n     int
+	}{{"ham", 6}, {"spam", 3}} {
+		d := filepath.Join(dir, c.class)
+		os.MkdirAll(d, 0o755)
+		for i := range c.n {
+			body := fmt.Sprintf("From: a%d@b.example\r\nSubject: %s %d\r\n\r\n%s number %d\r\n", i, c.class, i, c.class, i)
+			os.WriteFile(filepath.Join(d, fmt.Sprintf("%02d.eml", i)), []byte(body), 0o644)
+		}
+	}
+	for _, srcs := range [][]learnSource{
+		{{filepath.Join(dir, "ham"), classify.Ham, false}, {filepath.Join(dir, "spam"), classify.Spam, false}},
+		{{dir, classify.Ham, true}, {dir, classify.Spam, true}},
+	} {
+		var seq string
+		err := interleave(context.Background(), srcs, func(it classify.Item, l classify.Label) error {
+			if want := filepath.Base(filepath.Dir(it.Name)); want != l.String() {
+				t.Errorf("%s learned as %s", it.Name, l)
+			}
+			seq += l.String()[:1]
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seq != "hshhshhsh" {
+			t.Errorf("lesson order %q, want ham and spam interleaved in proportion (hshhshhsh)", seq)
+		}
+	}
+	if rc := cmdLearn([]string{"--db", filepath.Join(dir, "m.db"), "--label-from-path", dir, "--ham", dir}); rc != 2 {
+		t.Fatalf("--label-from-path with --ham: rc %d, want 2", rc)
+	}
+}
