@@ -1,12 +1,13 @@
 package audit
 
 import (
-	"net"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/miekg/dns"
+
+	"moat.dev/moat/internal/testutil/dnstest"
 )
 
 // zoneServer is a small authoritative DNS server for the scenario tests.
@@ -29,15 +30,7 @@ func startZone(t *testing.T, records ...string) *zoneServer {
 	for _, r := range records {
 		z.add(t, r)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
-		t.Fatal(err)
-	}
+	pc, ln := dnstest.ListenPair(t)
 	z.Addr = pc.LocalAddr().String()
 	h := dns.HandlerFunc(z.serve)
 	u, tc := &dns.Server{PacketConn: pc, Handler: h}, &dns.Server{Listener: ln, Handler: h}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
+	"moat.dev/moat/internal/sink"
 	"net"
 	"os"
 	"os/exec"
@@ -118,9 +119,39 @@ func newGateway(t testing.TB, body string) *gateway {
 	return g
 }
 
-// Start runs moat serve and waits until it accepts SMTP connections.
+// Start runs moat serve and waits until it accepts SMTP connections. The
+// listen addresses were free when the config was written, but another
+// test's connection may have taken one since (ephemeral ports come from
+// the same range): then it moves the gateway to fresh ports and tries
+// again.
 func (g *gateway) Start() {
 	g.t.Helper()
+	for attempt := 0; ; attempt++ {
+		if g.start(attempt < 3) {
+			return
+		}
+		g.log.Write([]byte("--- listen address taken; retrying on fresh ports ---\n"))
+		b, err := os.ReadFile(g.cfgPath)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		cfg := string(b)
+		for _, a := range []*string{&g.SMTP, &g.HTTP, &g.Web} {
+			n := freeAddr(g.t)
+			cfg = strings.ReplaceAll(cfg, *a, n)
+			*a = n
+		}
+		if err := os.WriteFile(g.cfgPath, []byte(cfg), 0o644); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+}
+
+// start runs moat serve once; it returns false (when retry is allowed)
+// if serve exited because a listen address was in use.
+func (g *gateway) start(retry bool) bool {
+	g.t.Helper()
+	logFrom := len(g.log.String())
 	g.cmd = exec.Command(moatBin, "serve", "--config", g.cfgPath)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
@@ -130,18 +161,27 @@ func (g *gateway) Start() {
 	go func() { g.cmd.Wait(); close(g.waitDone) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		c, err := net.DialTimeout("tcp", g.SMTP, time.Second)
-		if err == nil {
-			c.Close()
-			return
+		// Serve's own "smtp listening" line, not only a successful dial:
+		// whoever took the port would accept the dial too.
+		if strings.Contains(g.log.String()[logFrom:], `msg="smtp listening"`) {
+			c, err := net.DialTimeout("tcp", g.SMTP, time.Second)
+			if err == nil {
+				c.Close()
+				return true
+			}
 		}
 		select {
 		case <-g.waitDone:
+			g.cmd = nil
+			if retry && strings.Contains(g.log.String()[logFrom:], "address already in use") {
+				return false
+			}
 			g.t.Fatalf("moat serve exited early:\n%s", g.log)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	g.t.Fatalf("moat serve did not listen on %s:\n%s", g.SMTP, g.log)
+	return false
 }
 
 // Kill sends SIGKILL and waits for the process to go.
@@ -270,4 +310,25 @@ func b64lines(s string) string {
 	}
 	b.WriteString(enc + "\r\n")
 	return b.String()
+}
+
+// TestHarnessMovesOffTakenPort: when a listen address the config names is
+// taken by the time serve starts, Start moves the gateway to fresh ports
+// instead of failing the test.
+func TestHarnessMovesOffTakenPort(t *testing.T) {
+	backend := startSink(t, sink.Config{})
+	g := newGateway(t, "domains:\n"+domainYAML("example.test", backend.Addr(), ""))
+	taken := g.SMTP
+	ln, err := net.Listen("tcp", taken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	g.Start()
+	if g.SMTP == taken {
+		t.Fatalf("gateway still on the taken address %s", taken)
+	}
+	if !strings.Contains(g.log.String(), "retrying on fresh ports") {
+		t.Fatalf("no retry in the log:\n%s", g.log)
+	}
 }
