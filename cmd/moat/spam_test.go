@@ -2,15 +2,13 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"moat.dev/moat/internal/classify"
+	"moat.dev/moat/internal/testutil/pgtest"
 )
 
 func TestLearnClassifyCLI(t *testing.T) {
@@ -147,32 +145,7 @@ func TestLearnBatchCLI(t *testing.T) {
 // server (dropped at the end of t), skipping without it.
 func postgresTestDB(t *testing.T) string {
 	t.Helper()
-	dsn := os.Getenv("MOAT_TEST_POSTGRES")
-	if dsn == "" {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("MOAT_TEST_POSTGRES is not set")
-		}
-		t.Skip("MOAT_TEST_POSTGRES is not set")
-	}
-	admin, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := fmt.Sprintf("moat_cli_learn_%d_%d", os.Getpid(), time.Now().UnixNano())
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-		admin.Close()
-	})
-	u, err := url.Parse(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
+	return pgtest.Open(t).Fresh(t, "moat_cli_learn")
 }
 
 // TestLearnInterleaves: with ham and spam sources, moat learn spreads the

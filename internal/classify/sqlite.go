@@ -677,24 +677,36 @@ func (s *SQLStore) invalidate(scope string) {
 	}
 }
 
+// prepared returns the prepared statements of qs, keyed by their text.
+// Writers call it before beginning their transaction, which takes a pool
+// connection that preparing would otherwise wait for (the pool may have
+// only one).
+func (s *SQLStore) prepared(ctx context.Context, qs []string) (map[string]*sql.Stmt, error) {
+	if err := s.acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer s.release()
+	st := make(map[string]*sql.Stmt, len(qs))
+	for _, q := range qs {
+		p, err := s.stmt(ctx, q)
+		if err != nil {
+			return nil, err
+		}
+		st[q] = p
+	}
+	return st, nil
+}
+
 // Update implements TokenStore: one transaction per batch, which also
 // bumps the scope's model version.
 func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error) {
 	// Prepare every statement before the transaction takes a connection
 	// (the pool may have only one).
-	st := map[string]*sql.Stmt{}
 	need := []string{s.q.addTotals, s.q.bumpVersion, s.q.shrink, s.q.forgetLesson, s.q.putLesson}
-	need = append(need, s.q.upserts[:]...)
-	if err := s.acquire(ctx); err != nil {
+	st, err := s.prepared(ctx, append(need, s.q.upserts[:]...))
+	if err != nil {
 		return err
 	}
-	for _, q := range need {
-		if st[q], err = s.stmt(ctx, q); err != nil {
-			s.release()
-			return err
-		}
-	}
-	s.release()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -780,20 +792,12 @@ func (s *SQLStore) Version(ctx context.Context, scope string) (int64, error) {
 
 // Apply implements BulkStore: one transaction for all of ws.
 func (s *SQLStore) Apply(ctx context.Context, ws []ScopeWrite) (err error) {
-	st := map[string]*sql.Stmt{}
 	need := []string{s.q.addTotals, s.q.setTotals, s.q.bumpReturning, s.q.shrink, s.q.deleteKey, s.q.forgetLesson, s.q.putLesson}
 	need = append(need, s.q.upserts[:]...)
-	need = append(need, s.q.sets[:]...)
-	if err := s.acquire(ctx); err != nil {
+	st, err := s.prepared(ctx, append(need, s.q.sets[:]...))
+	if err != nil {
 		return err
 	}
-	for _, q := range need {
-		if st[q], err = s.stmt(ctx, q); err != nil {
-			s.release()
-			return err
-		}
-	}
-	s.release()
 	slices.SortFunc(ws, func(a, b ScopeWrite) int { return strings.Compare(a.Scope, b.Scope) })
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {

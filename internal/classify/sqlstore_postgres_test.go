@@ -3,11 +3,9 @@ package classify
 import (
 	"context"
 	"database/sql"
-	"fmt"
-	"os"
-	"strings"
-	"sync/atomic"
 	"testing"
+
+	"moat.dev/moat/internal/testutil/pgtest"
 )
 
 // The SQL store's tests (sqlite_test.go) run on every backend of
@@ -16,40 +14,11 @@ import (
 // databases; scripts/test-deps.sh prints one). Without it the PostgreSQL
 // subtests skip, or fail under MOAT_REQUIRE_TOOLS=1.
 
-var pgSeq atomic.Int64
-
-// postgresDSN returns MOAT_TEST_POSTGRES, skipping (or failing) without it.
-func postgresDSN(t testing.TB) string {
-	t.Helper()
-	dsn := os.Getenv("MOAT_TEST_POSTGRES")
-	if dsn == "" {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("MOAT_TEST_POSTGRES is not set")
-		}
-		t.Skip("MOAT_TEST_POSTGRES is not set")
-	}
-	return dsn
-}
-
 // postgresDatabase creates an empty database for t (dropped at its end)
 // and returns its DSN.
 func postgresDatabase(t testing.TB) string {
 	t.Helper()
-	dsn := postgresDSN(t)
-	admin, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := fmt.Sprintf("moat_classify_test_%d_%d", os.Getpid(), pgSeq.Add(1))
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // runs after the pools opened later are closed
-		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-		admin.Close()
-	})
-	return pgWithDB(dsn, name)
+	return pgtest.Open(t).Fresh(t, "moat_classify_test")
 }
 
 // postgresPools returns a function that opens a pool (migrated) on one
@@ -68,18 +37,6 @@ func postgresPools(t testing.TB) func() *sql.DB {
 		}
 		return db
 	}
-}
-
-// pgWithDB replaces the database name of a postgres:// DSN.
-func pgWithDB(dsn, db string) string {
-	q := ""
-	if i := strings.IndexByte(dsn, '?'); i >= 0 {
-		dsn, q = dsn[:i], dsn[i:]
-	}
-	if i := strings.LastIndexByte(dsn, '/'); i > len("postgres://") {
-		dsn = dsn[:i]
-	}
-	return dsn + "/" + db + q
 }
 
 // TestPostgresMigrateConcurrent: gateway nodes starting together migrate

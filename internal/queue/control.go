@@ -123,7 +123,7 @@ func (q *Queue) RetryNow(id string) error {
 	q.mu.Unlock()
 	q.log.Info("queue: retry requested", "queue_id", id)
 	q.signal()
-	return q.persist(snap, dir)
+	return q.persist(e, snap, dir)
 }
 
 func (q *Queue) dueNowLocked(e *entry, domain string) {
@@ -163,7 +163,7 @@ func (q *Queue) RetryDomain(domain string) int {
 		q.dueNowLocked(e, domain)
 		snap, dir := cloneEnv(e.env), e.dir
 		q.mu.Unlock()
-		if err := q.persist(snap, dir); err != nil {
+		if err := q.persist(e, snap, dir); err != nil {
 			q.log.Error("queue: cannot persist envelope", "queue_id", id, "err", err)
 		}
 		e.pmu.Unlock()
@@ -187,7 +187,7 @@ func (q *Queue) Delete(id string) error {
 	q.unscheduleLocked(e)
 	dir := e.dir
 	q.mu.Unlock()
-	if err := q.removeFiles(id, dir); err != nil {
+	if err := q.removeFiles(id, dir, e.hasEnv); err != nil {
 		return err
 	}
 	q.log.Info("queue: deleted by admin", "queue_id", id)
@@ -220,7 +220,7 @@ func (q *Queue) move(id, from, to string) error {
 	// The bytes first, then the marker: recovery completes a move
 	// interrupted in between.
 	ops := []renameOp{{path(from, id, ".eml"), path(to, id, ".eml")}}
-	if _, err := q.root.Lstat(path(from, id, ".env")); err == nil {
+	if e.hasEnv {
 		ops = append(ops, renameOp{path(from, id, ".env"), path(to, id, ".env")})
 	}
 	err = q.commit(ops, bitReady|bitHold)

@@ -27,7 +27,7 @@ func FuzzEnvelope(f *testing.F) {
 		// Schedule, dispatch bookkeeping and DSN building must cope.
 		q.msgs = map[string]*entry{}
 		q.heap = nil
-		q.add(env, dirReady)
+		q.add(env, dirReady, false)
 		q.mu.Lock()
 		for _, j := range q.heap {
 			if j.e.env.ID != id {

@@ -59,6 +59,7 @@ type entry struct {
 	jobs    map[string]*job
 	running int
 	gone    bool // deleted or finished
+	hasEnv  bool // a <id>.env supersedes the .eml's trailer (guarded by pmu)
 	pmu     sync.Mutex
 }
 
@@ -248,10 +249,10 @@ func (q *Queue) load(id, dir string) {
 	}
 	if pendingCount(env) == 0 {
 		q.log.Info("queue: removing finished message", "queue_id", id)
-		q.removeFiles(id, dir)
+		q.removeFiles(id, dir, hasEnv)
 		return
 	}
-	q.add(env, dir)
+	q.add(env, dir, hasEnv)
 }
 
 // neverAttempted reports whether no delivery of env was attempted yet: only
@@ -324,10 +325,13 @@ func (q *Queue) toCorrupt(name string) {
 // in their trailer) first, then a later .env if there is one. A crash in
 // between leaves a .env without message, which recovery sets aside; the
 // other order could bring back the committed envelope and deliver again.
-func (q *Queue) removeFiles(id, dir string) error {
+func (q *Queue) removeFiles(id, dir string, hasEnv bool) error {
 	err := q.removeAt(dir, id+".eml")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
+	}
+	if !hasEnv {
+		return nil
 	}
 	err = q.removeAt(dir, id+".env")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -66,14 +66,14 @@ func (q *Queue) signal() {
 // a worker is free (no hand-off to the dispatcher goroutine: that wake-up
 // cost as much as a system call per message); otherwise the dispatcher is
 // woken to take it when it can.
-func (q *Queue) add(env *Envelope, dir string) {
+func (q *Queue) add(env *Envelope, dir string, hasEnv bool) {
 	q.mu.Lock()
 	if _, dup := q.msgs[env.ID]; dup {
 		q.mu.Unlock()
 		q.log.Error("queue: duplicate queue id, second copy ignored", "queue_id", env.ID, "dir", dir)
 		return
 	}
-	e := &entry{env: env, dir: dir, jobs: make(map[string]*job)}
+	e := &entry{env: env, dir: dir, jobs: make(map[string]*job), hasEnv: hasEnv}
 	q.msgs[env.ID] = e
 	q.scheduleLocked(e)
 	if q.running {
@@ -444,7 +444,7 @@ func (q *Queue) finish(j *job, d *Delivery, results []Result) {
 		}
 	}
 	if done {
-		if err := q.removeFiles(snap.ID, dir); err != nil {
+		if err := q.removeFiles(snap.ID, dir, e.hasEnv); err != nil {
 			log.Error("queue: cannot remove finished message", "err", err)
 		} else {
 			log.Info("queue: message done")
@@ -452,7 +452,7 @@ func (q *Queue) finish(j *job, d *Delivery, results []Result) {
 		q.mu.Lock()
 		delete(q.msgs, snap.ID)
 		q.mu.Unlock()
-	} else if err := q.persist(snap, dir); err != nil {
+	} else if err := q.persist(e, snap, dir); err != nil {
 		log.Error("queue: cannot persist envelope; state since the last write will be retried", "err", err)
 	}
 	// Wake the dispatcher only when there is something for it: a job

@@ -211,8 +211,8 @@ func (q *Queue) writeEnvTmp(env *Envelope) (*os.File, string, error) {
 }
 
 // persist durably replaces dir/<id>.env with env: write tmp, fsync, rename
-// (by the group committer), fsync the directory.
-func (q *Queue) persist(env *Envelope, dir string) error {
+// (by the group committer), fsync the directory. Call it holding e.pmu.
+func (q *Queue) persist(e *entry, env *Envelope, dir string) error {
 	f, name, err := q.writeEnvTmp(env)
 	if err != nil {
 		return err
@@ -228,6 +228,7 @@ func (q *Queue) persist(env *Envelope, dir string) error {
 		q.removeAt(dirTmp, name)
 		return err
 	}
+	e.hasEnv = true
 	return nil
 }
 
@@ -426,7 +427,7 @@ func (d *Draft) commit(in *Envelope) error {
 		q.removeAt(dirReady, eml)
 		return fmt.Errorf("queue: commit %s: %w", d.id, err)
 	}
-	q.add(env, dirReady)
+	q.add(env, dirReady, false)
 	return nil
 }
 

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,44 +17,14 @@ import (
 	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/sink"
+	"moat.dev/moat/internal/testutil/pgtest"
 )
-
-var pgSeq atomic.Int64
 
 // postgresDB creates an empty database on the server named by
 // MOAT_TEST_POSTGRES (dropped at the test's end) and returns its DSN.
-// Without MOAT_TEST_POSTGRES the test skips, or fails under
-// MOAT_REQUIRE_TOOLS=1.
 func postgresDB(t *testing.T) string {
 	t.Helper()
-	dsn := os.Getenv("MOAT_TEST_POSTGRES")
-	if dsn == "" {
-		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
-			t.Fatal("MOAT_TEST_POSTGRES is not set")
-		}
-		t.Skip("MOAT_TEST_POSTGRES is not set")
-	}
-	admin, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := fmt.Sprintf("moat_e2e_%d_%d", os.Getpid(), pgSeq.Add(1))
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		admin.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
-		admin.Close()
-	})
-	q := ""
-	if i := strings.IndexByte(dsn, '?'); i >= 0 {
-		dsn, q = dsn[:i], dsn[i:]
-	}
-	if i := strings.LastIndexByte(dsn, '/'); i > len("postgres://") {
-		dsn = dsn[:i]
-	}
-	return dsn + "/" + name + q
+	return pgtest.Open(t).Fresh(t, "moat_e2e")
 }
 
 // pgMail is a message of a spam or ham vocabulary, distinct by n.
