@@ -18,7 +18,8 @@
 // Regular expressions are Go RE2: no look-around, no back-references. Rules
 // whose name starts with "__" are building blocks for meta rules and score
 // nothing. Moat adds pseudo header fields for rules: X-Moat-Malformed
-// (MIME defects), X-Moat-Hidden-Text, X-Moat-Attachment ("name type").
+// (MIME defects), X-Moat-Hidden-Text, X-Moat-Attachment ("name type"),
+// X-Moat-Text-Only-In, X-Moat-Markup and X-Moat-Text-Size (see TargetFrom).
 //
 // A compiled Set matches efficiently: every regex's required literal (if
 // it has one) goes into an Aho-Corasick automaton per target, one pass over
@@ -542,8 +543,12 @@ func (s *Set) test(r *Rule, t *Target, text string) bool {
 }
 
 // TargetFrom builds the match target of a decoded message, adding the
-// pseudo header fields X-Moat-Malformed, X-Moat-Hidden-Text and
-// X-Moat-Attachment.
+// pseudo header fields X-Moat-Malformed, X-Moat-Hidden-Text,
+// X-Moat-Attachment, X-Moat-Text-Only-In ("html" or "plain" when the
+// message has text of one kind only), X-Moat-Markup (the distinct HTML
+// tags and attributes, space-separated and space-framed, e.g.
+// " font font.size=7 img.src ") and X-Moat-Text-Size (visible text
+// length in bytes, whitespace runs counted once).
 func TargetFrom(m *message.Message) *Target {
 	t := &Target{Headers: make([]HeaderField, 0, len(m.Header)+4)}
 	for _, f := range m.Header {
@@ -558,6 +563,23 @@ func TargetFrom(m *message.Message) *Target {
 	for _, a := range m.Attachments {
 		t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Attachment", Value: a.Filename + " " + a.ContentType})
 	}
+	if m.TextOnlyIn != "" {
+		t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Text-Only-In", Value: m.TextOnlyIn})
+	}
+	if len(m.Markup) > 0 {
+		seen := make(map[string]bool, len(m.Markup))
+		var b strings.Builder
+		for _, k := range m.Markup {
+			if !seen[k] {
+				seen[k] = true
+				b.WriteByte(' ')
+				b.WriteString(k)
+			}
+		}
+		b.WriteByte(' ')
+		t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Markup", Value: b.String()})
+	}
+	t.Headers = append(t.Headers, HeaderField{Name: "X-Moat-Text-Size", Value: strconv.Itoa(len(strings.Join(strings.Fields(m.Text), " ")))})
 	t.Body = m.Subject + "\n" + m.Text
 	t.RawBody = string(m.RawBody)
 	t.Full = string(m.RawHeader) + "\n" + string(m.RawBody)

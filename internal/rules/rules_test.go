@@ -158,12 +158,12 @@ func TestAhoCorasick(t *testing.T) {
 func TestLoadLocalOverrides(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "local.rules")
-	os.WriteFile(p, []byte("score GTUBE 0\nbody LOCAL_ONE /special offer/i\nscore LOCAL_ONE 3\n"), 0o644)
+	os.WriteFile(p, []byte("score GTUBE 0\nbody LOCAL_ONE /purple widget/i\nscore LOCAL_ONE 3\n"), 0o644)
 	s, err := Load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := hitNames(matchRaw(t, s, "Subject: x\r\nDate: x\r\nMessage-Id: <a@b>\r\nTo: a@b\r\n\r\nSPECIAL offer "+gtube+"\r\n"))
+	got := hitNames(matchRaw(t, s, "Subject: x\r\nDate: x\r\nMessage-Id: <a@b>\r\nTo: a@b\r\n\r\nPURPLE widget "+gtube+"\r\n"))
 	if got != "LOCAL_ONE" {
 		t.Fatalf("hits %q", got)
 	}
@@ -201,4 +201,55 @@ func FuzzParseRules(f *testing.F) {
 		}
 		s.Match(&Target{Headers: []HeaderField{{"Subject", "abc"}}, Body: "x abc http://a.example", URIs: []string{"http://a.example"}}, nil)
 	})
+}
+
+// TestStructurePseudoHeaders: rules see the decoder's view of the HTML
+// (X-Moat-Markup, X-Moat-Text-Only-In, X-Moat-Text-Size), and the shipped
+// bulk-mail rules fire on a typical pitch but not on a plain note.
+func TestStructurePseudoHeaders(t *testing.T) {
+	raw := "From: Deals <x1234567890@bulk.example>\r\nSubject: ADV: Lowest rates!!!          8812\r\nX-MSMail-Priority: High\r\nX-Priority: 1\r\n" +
+		"Content-Type: text/html\r\n\r\n<center><font size=\"7\" color=\"#FF0000\">ACT NOW</font></center>" +
+		"<p>Dear Friend, this is a one-time mailing. Earn $5,000 per week working from home! No obligation, risk free.</p>" +
+		"<p>To be removed from our list, reply with REMOVE in the subject.</p>\r\n"
+	m := message.ParseBytes([]byte(raw), message.DefaultLimits())
+	tg := TargetFrom(m)
+	get := func(name string) string {
+		for _, h := range tg.Headers {
+			if h.Name == name {
+				return h.Value
+			}
+		}
+		return ""
+	}
+	if v := get("X-Moat-Text-Only-In"); v != "html" {
+		t.Errorf("X-Moat-Text-Only-In = %q", v)
+	}
+	if v := get("X-Moat-Markup"); !strings.Contains(v, " font.size=7 ") || !strings.Contains(v, " center ") {
+		t.Errorf("X-Moat-Markup = %q", v)
+	}
+	if v := get("X-Moat-Text-Size"); v == "" || v == "0" {
+		t.Errorf("X-Moat-Text-Size = %q", v)
+	}
+	s, err := ParseDefault()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := hitNames(s.Match(tg, nil))
+	for _, want := range []string{"SUBJ_ADV", "SUBJ_PADDED_ID", "MIME_HTML_ONLY", "HTML_LOUD", "DEAR_SOMEBODY", "ONE_TIME_MAILING",
+		"EARN_MONEY", "NO_OBLIGATION", "MONEY_BACK", "REMOVE_INSTRUCTIONS", "MISSING_MIMEOLE", "PRIORITY_HIGH_BOTH", "SPAM_PHRASES_5"} {
+		if !strings.Contains(","+got+",", ","+want+",") {
+			t.Errorf("pitch: %s did not fire; hits %s", want, got)
+		}
+	}
+	var sum float64
+	for _, h := range s.Match(tg, nil) {
+		sum += h.Score
+	}
+	if sum < 5 {
+		t.Errorf("pitch scores %.1f on rules alone, want >= 5", sum)
+	}
+	note := message.ParseBytes([]byte("From: Ann <ann@example.org>\r\nTo: bob@example.org\r\nSubject: lunch\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-Id: <a1@example.org>\r\n\r\nShall we meet at noon? The report is attached.\r\n"), message.DefaultLimits())
+	if got := hitNames(s.Match(TargetFrom(note), nil)); got != "" {
+		t.Errorf("plain note hits %s", got)
+	}
 }

@@ -14,7 +14,8 @@ import (
 // corpus: on their own they must never bring a ham message to the default
 // tag score (the rules only add evidence to the classifier's and the
 // blocklists'; a rule that tags ham alone is a false positive waiting to
-// happen). It also reports how much spam the rules alone reach.
+// happen). It also reports how much spam the rules alone reach, with a
+// floor.
 func TestShippedRulesSpareCorpusHam(t *testing.T) {
 	path := "/work/shared/corpus/spamassassin-2002.tar.gz"
 	if p := os.Getenv("MOAT_CORPUS"); p != "" {
@@ -31,7 +32,7 @@ func TestShippedRulesSpareCorpusHam(t *testing.T) {
 		t.Fatal(err)
 	}
 	tag := policy.Default().TagScore
-	var ham, spam, hamMax, spamHalf int
+	var ham, spam, hamMax, spamHalf, spamTag int
 	err = classify.ReadSource(path, func(it classify.Item) error {
 		res := c.Evaluate(message.ParseBytes(it.Data, message.DefaultLimits()), nil)
 		s := 0.0
@@ -42,6 +43,9 @@ func TestShippedRulesSpareCorpusHam(t *testing.T) {
 			spam++
 			if s >= tag/2 {
 				spamHalf++
+			}
+			if s >= tag {
+				spamTag++
 			}
 			return nil
 		}
@@ -60,5 +64,10 @@ func TestShippedRulesSpareCorpusHam(t *testing.T) {
 	if ham == 0 || spam == 0 {
 		t.Fatalf("corpus read %d ham, %d spam", ham, spam)
 	}
-	t.Logf("%d ham (highest rules score < %d), %d spam (%d at half the tag score or more)", ham, hamMax+1, spam, spamHalf)
+	t.Logf("%d ham (highest rules score < %d), %d spam (%d at half the tag score or more, %d at the tag score)", ham, hamMax+1, spam, spamHalf, spamTag)
+	// A regression floor, not a tuning target: the bulk-mail rules alone
+	// tagged 62 of the 500 spam when they were written (12%).
+	if spamTag*100 < spam*8 {
+		t.Errorf("rules alone tag only %d of %d spam (floor 8%%)", spamTag, spam)
+	}
 }

@@ -87,11 +87,11 @@ func TestMetaSeesOtherChecksSymbols(t *testing.T) {
 		t.Fatal(err)
 	}
 	tx := &pipeline.Txn{Report: &verdict.Report{}}
-	if got := names(c.CheckData(context.Background(), tx, pmsg(hdr+"You are a WINNER\r\n"))); got != "" {
+	if got := names(c.CheckData(context.Background(), tx, pmsg(hdr+"Big WINNER news\r\n"))); got != "" {
 		t.Fatalf("without DNSBL_X: %q", got)
 	}
 	tx.Report.Add(verdict.Result{Check: "dnsbl", Symbols: []verdict.Symbol{{Name: "DNSBL_X", Score: 1}}})
-	if got := names(c.CheckData(context.Background(), tx, pmsg(hdr+"You are a WINNER\r\n"))); got != "WIN_LISTED" {
+	if got := names(c.CheckData(context.Background(), tx, pmsg(hdr+"Big WINNER news\r\n"))); got != "WIN_LISTED" {
 		t.Fatalf("with DNSBL_X: %q", got)
 	}
 }
