@@ -248,6 +248,7 @@ func cmdEval(args []string) int {
 	features := fs.String("features", "", "logreg features: grams | words | grams+words (default: grams)")
 	order := fs.Bool("print-order", false, "print the evaluation order (label TAB member) and exit")
 	scores := fs.String("scores", "", "write per-message scores (member TAB label TAB probability) to FILE")
+	withRules := fs.Bool("with-rules", false, "also report the gateway's content score: shipped rules + bayes points at the tag score")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -304,6 +305,12 @@ func cmdEval(args []string) int {
 		return 1
 	}
 	res.Report(os.Stdout)
+	if *withRules {
+		if err := reportWithRules(os.Stdout, items, res); err != nil {
+			fmt.Fprintln(os.Stderr, "moat eval:", err)
+			return 1
+		}
+	}
 	if *scores != "" {
 		if err := writeScores(*scores, res); err != nil {
 			fmt.Fprintln(os.Stderr, "moat eval:", err)
