@@ -72,8 +72,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Algorithm:    "stack",
-		MinHam:       50,
-		MinSpam:      50,
+		MinHam:       20,
+		MinSpam:      20,
 		MinUserTrain: 200,
 		HashBits:     22,
 		LearningRate: 0.3,
