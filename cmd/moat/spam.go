@@ -95,25 +95,33 @@ func cmdLearn(args []string) int {
 		}
 	}
 	// All lessons through one Learner: learned in order, written in one
-	// transaction per classify.DefaultLearnerCommit lessons.
+	// transaction per classify.DefaultLearnerCommit lessons. Messages are
+	// parsed and their features extracted ahead, in parallel (a bounded
+	// window); the lessons themselves are learned one after the other, in
+	// the order interleave gives, so the model is the one learning them
+	// one by one leaves.
 	ln := c.NewLearner(0)
 	counts := map[classify.LearnOutcome]int{}
-	lim := message.DefaultLimits()
 	t0 := time.Now()
 	total := 0
-	err = interleave(ctx, srcs, func(it classify.Item, label classify.Label) error {
-		m := message.ParseBytes(it.Data, lim)
-		out, err := ln.Learn(ctx, *user, m, label)
-		if err != nil {
-			return fmt.Errorf("%s: %w", it.Name, err)
-		}
-		counts[out]++
-		total++
-		if !*quiet {
-			fmt.Printf("%s\t%s\t%s\n", it.Name, label, out)
-		}
-		return nil
-	})
+	out := bufio.NewWriter(os.Stdout)
+	err = ln.LearnStream(ctx, classify.StreamOptions{User: *user, Limits: message.DefaultLimits()},
+		func(push func(classify.BulkItem) error) error {
+			return interleave(ctx, srcs, func(it classify.Item, label classify.Label) error {
+				return push(classify.BulkItem{Name: it.Name, Data: it.Data, Label: label})
+			})
+		},
+		func(it classify.BulkItem, o classify.LearnOutcome) error {
+			counts[o]++
+			total++
+			if !*quiet {
+				fmt.Fprintf(out, "%s\t%s\t%s\n", it.Name, it.Label, o)
+			}
+			return nil
+		})
+	if ferr := out.Flush(); err == nil && ferr != nil {
+		err = ferr
+	}
 	if ferr := ln.Flush(ctx); err == nil && ferr != nil {
 		err = ferr
 	}
@@ -374,22 +382,61 @@ func (src learnSource) read(fn func(classify.Item) error) error {
 	})
 }
 
+// isArchive reports whether classify.ReadSource reads path as a tar
+// archive, which it holds in memory whole (to sort the members) before
+// handing out the first message.
+func isArchive(path string) bool {
+	if st, err := os.Stat(path); err != nil || st.IsDir() {
+		return false
+	}
+	low := strings.ToLower(path)
+	return strings.HasSuffix(low, ".tar.gz") || strings.HasSuffix(low, ".tgz") || strings.HasSuffix(low, ".tar")
+}
+
 // interleave calls fn for every message of srcs. With one source it
 // streams it; with several (ham and spam) it counts each first, then
 // reads them side by side and takes the next message from the source
 // whose share consumed so far is smallest, so the classes are spread
 // evenly through the lessons. Memory stays bounded: each source is read
-// in order by its own goroutine, one message ahead.
+// in order by its own goroutine, one message ahead. An archive, which
+// ReadSource holds in memory whole anyway, is read only once (not once
+// to count and once per class): its messages are taken from memory.
 func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, classify.Label) error) error {
 	if len(srcs) == 1 {
 		return srcs[0].read(func(it classify.Item) error { return fn(it, srcs[0].label) })
 	}
 	sizes := make([]int, len(srcs))
+	inMem := make([]bool, len(srcs))
+	lists := make([][]classify.Item, len(srcs)) // an archive's messages, in order
+	archives := map[string][]classify.Item{}
 	for i, src := range srcs {
-		if err := src.read(func(classify.Item) error { sizes[i]++; return nil }); err != nil {
-			return err
+		if inMem[i] = isArchive(src.path); !inMem[i] {
+			if err := src.read(func(classify.Item) error { sizes[i]++; return nil }); err != nil {
+				return err
+			}
+			continue
 		}
+		all, ok := archives[src.path]
+		if !ok {
+			if err := classify.ReadSource(src.path, func(it classify.Item) error { all = append(all, it); return nil }); err != nil {
+				return err
+			}
+			archives[src.path] = all
+		}
+		for _, it := range all {
+			if src.byPath {
+				if l := classify.LabelFromPath(it.Name); l != src.label {
+					if l == classify.Unknown && src.label == classify.Ham {
+						fmt.Fprintf(os.Stderr, "skip %s: no ham/ or spam/ in its path\n", it.Name)
+					}
+					continue
+				}
+			}
+			lists[i] = append(lists[i], it)
+		}
+		sizes[i] = len(lists[i])
 	}
+	archives = nil
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type next struct {
@@ -400,6 +447,20 @@ func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, 
 	for i, src := range srcs {
 		ch := make(chan next)
 		chans[i] = ch
+		if inMem[i] {
+			go func() {
+				defer close(ch)
+				for j, it := range lists[i] {
+					lists[i][j] = classify.Item{} // held by the consumer from now on
+					select {
+					case ch <- next{it: it}:
+					case <-ctx.Done():
+						return
+					}
+				}
+			}()
+			continue
+		}
 		go func() {
 			defer close(ch)
 			err := src.read(func(it classify.Item) error {

@@ -479,7 +479,7 @@ func mergeDeltas(d []Delta) []Delta {
 		return d
 	}
 	idx := make(map[uint64]int, len(d))
-	out := d[:0:0]
+	out := make([]Delta, 0, len(d))
 	for _, x := range d {
 		if i, ok := idx[x.Key]; ok {
 			out[i].Ham += x.Ham

@@ -2,14 +2,19 @@ package classify
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
 	"testing"
 
 	"moat.dev/moat/internal/message"
 )
 
-// sameSQLModel fails unless two SQL stores hold the same rows (bit for
-// bit), totals, sizes and lessons in scope.
-func sameSQLModel(t *testing.T, a, b *SQLStore, scope string, keys []uint64, fps [][32]byte) {
+// sameSQLModel fails unless two stores hold the same rows (bit for bit),
+// totals, sizes and lessons in scope.
+func sameSQLModel(t *testing.T, a, b TokenStore, scope string, keys []uint64, fps [][32]byte) {
 	t.Helper()
 	ctx := context.Background()
 	ra, err1 := a.Get(ctx, scope, keys)
@@ -212,5 +217,330 @@ func testLearnerOtherWriter(t *testing.T, b testBackend) {
 	sameSQLModel(t, ref, bulk, cr.Scope(""), keys, fps)
 	if tot, _ := bulk.Totals(ctx, cr.Scope("")); tot.Ham+tot.Spam != 12 {
 		t.Fatalf("totals %+v, want 12 lessons", tot)
+	}
+}
+
+// synthRaw returns n raw labelled messages (deterministic), spam and ham
+// alternating, each with a hundred words or so of a large vocabulary (a
+// thousand distinct 4-grams), varied senders and relays, and some HTML.
+func synthRaw(n int, seed uint64) []Item {
+	rng := rand.New(rand.NewPCG(seed, 11))
+	vocab := func(k int) []string {
+		out := make([]string, k)
+		for i := range out {
+			b := make([]byte, 3+rng.IntN(8))
+			for j := range b {
+				b[j] = byte('a' + rng.IntN(26))
+			}
+			out[i] = string(b)
+		}
+		return out
+	}
+	hamV, spamV, common := vocab(1500), vocab(1500), vocab(300)
+	var items []Item
+	for i := range n {
+		v, l, dom := hamV, Ham, "example.org"
+		if i%2 == 1 {
+			v, l, dom = spamV, Spam, fmt.Sprintf("bulk%d.example", rng.IntN(40))
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "Received: from relay%d.%s by mx.example.com\r\n", rng.IntN(9), dom)
+		fmt.Fprintf(&b, "From: sender%d@%s\r\nTo: user@example.com\r\n", rng.IntN(50), dom)
+		fmt.Fprintf(&b, "Subject: %s %s %d\r\n", v[rng.IntN(len(v))], common[rng.IntN(len(common))], i)
+		html := rng.IntN(3) == 0
+		if html {
+			b.WriteString("Content-Type: text/html\r\n\r\n<html><body><p>")
+		} else {
+			b.WriteString("\r\n")
+		}
+		for w := range 60 + rng.IntN(100) {
+			switch rng.IntN(6) {
+			case 0:
+				b.WriteString(common[rng.IntN(len(common))])
+			case 1:
+				b.WriteString(hamV[rng.IntN(len(hamV))] + spamV[rng.IntN(len(spamV))])
+			default:
+				b.WriteString(v[rng.IntN(len(v))])
+			}
+			if w%12 == 11 {
+				b.WriteString(".\r\n")
+			} else {
+				b.WriteByte(' ')
+			}
+		}
+		if html {
+			fmt.Fprintf(&b, "<a href=\"http://%s/x%d\">here</a></p></body></html>", dom, i)
+		}
+		fmt.Fprintf(&b, "\r\nref%d\r\n", i)
+		items = append(items, Item{Name: fmt.Sprintf("synth/%d", i), Label: l, Data: []byte(b.String())})
+	}
+	return items
+}
+
+// TestLearnStreamMatchesOneByOne: Learner.LearnStream (moat learn:
+// messages parsed and their features extracted ahead by parallel
+// workers, lessons learned in order against the overlay, written in
+// batches) leaves exactly the model that learning the same messages one
+// by one with Classify.Learn leaves (in memory: TestLearnerMatchesOneByOne
+// shows the SQL stores leave the same): same outcomes, same rows bit for
+// bit, same Size and totals, same scores. The lessons repeat messages and
+// move some to the other label; the model is learned in three runs: into
+// an empty store, into a stored model read key by key, and into one read
+// in a single pass (the overlay's full load).
+func TestLearnStreamMatchesOneByOne(t *testing.T) { forEachBackend(t, testLearnStreamMatchesOneByOne) }
+
+func testLearnStreamMatchesOneByOne(t *testing.T, b testBackend) {
+	ctx := context.Background()
+	items := synthRaw(100, 4)     // moat learn's test (cmd/moat) learns real mail
+	held := items[len(items)-20:] // scored at the end, never learned
+	items = items[:len(items)-20]
+	var seq []Item
+	for i, it := range items {
+		seq = append(seq, it)
+		if i%15 == 3 { // the same lesson again
+			seq = append(seq, it)
+		}
+		if i%20 == 9 { // a correction: the other label
+			mv := it
+			mv.Label = 3 - it.Label
+			seq = append(seq, mv)
+		}
+	}
+	third := len(seq) / 3
+	runs := []struct {
+		name    string
+		lessons []Item
+		minLoad int // fullLoadMin during the run
+	}{
+		{"empty store", seq[:third], fullLoadMin},
+		{"key by key", seq[third : 2*third], 1 << 30},
+		{"full load", seq[2*third:], 256},
+	}
+	cfg := DefaultConfig()
+	cfg.MinHam, cfg.MinSpam = 5, 5
+	one, bulk := NewMemStore(), b.store(b.pools(t)(), SQLStoreOptions{})
+	c1, err := New(cfg, one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := New(cfg, bulk)
+	defer func(m int) { fullLoadMin = m }(fullLoadMin)
+	counts := map[LearnOutcome]int{}
+	for _, run := range runs {
+		fullLoadMin = run.minLoad
+		var want []LearnOutcome
+		for _, it := range run.lessons {
+			o, err := c1.Learn(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), it.Label)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, o)
+			counts[o]++
+		}
+		ln := c2.NewLearner(23) // several commits per run
+		var got []LearnOutcome
+		var names []string
+		err := ln.LearnStream(ctx, StreamOptions{Workers: 3, Window: 5}, func(push func(BulkItem) error) error {
+			for _, it := range run.lessons {
+				if err := push(BulkItem{Name: it.Name, Data: it.Data, Label: it.Label}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, func(it BulkItem, o LearnOutcome) error {
+			got = append(got, o)
+			names = append(names, it.Name)
+			return nil
+		})
+		if err == nil {
+			err = ln.Flush(ctx)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", run.name, err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d outcomes, want %d", run.name, len(got), len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] || names[i] != run.lessons[i].Name {
+				t.Fatalf("%s: lesson %d: %s %v, one by one %s %v", run.name, i, names[i], got[i], run.lessons[i].Name, want[i])
+			}
+		}
+	}
+	if counts[Learned] == 0 || counts[AlreadyKnown] == 0 || counts[Moved] == 0 {
+		t.Fatalf("outcomes %v: the sequence does not exercise duplicates and moves", counts)
+	}
+	var fps [][32]byte
+	var ms []*message.Message
+	for _, it := range append(items, held...) {
+		m := message.ParseBytes(it.Data, message.DefaultLimits())
+		ms = append(ms, m)
+		fps = append(fps, m.Fingerprint)
+	}
+	for _, cl := range []*Classifier{c1, c1.words} {
+		uniq := map[uint64]bool{}
+		for _, m := range ms {
+			for _, k := range cl.keys(cl.Features(m, false)) {
+				uniq[k] = true
+			}
+		}
+		if cl == c1 {
+			for _, k := range stackKeys {
+				uniq[k] = true
+			}
+		}
+		keys := make([]uint64, 0, len(uniq))
+		for k := range uniq {
+			keys = append(keys, k)
+		}
+		sameSQLModel(t, one, bulk, cl.Scope(""), keys, fps)
+	}
+	if s1, s2 := mustSize(t, c1), mustSize(t, c2); s1 != s2 || s1 < 10000 {
+		t.Fatalf("Size: one by one %d, stream %d", s1, s2)
+	}
+	for i, m := range ms[len(ms)-len(held):] {
+		r1, err1 := c1.Classify(ctx, "", m, false)
+		r2, err2 := c2.Classify(ctx, "", m, false)
+		if err1 != nil || err2 != nil || r1.Prob != r2.Prob || r1.Ham != r2.Ham || r1.Spam != r2.Spam || !r1.Trained {
+			t.Fatalf("held-out %d: one by one %+v %v, stream %+v %v", i, r1, err1, r2, err2)
+		}
+	}
+}
+
+func mustSize(t *testing.T, c *Classifier) int64 {
+	t.Helper()
+	n, err := c.Size(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestLearnStreamStops: an error of the producer, of done, or a
+// cancelled context stops LearnStream and is returned; the lessons
+// learned before it are in the Learner (Flush writes them), none after.
+// Over a store without bulk support (MemStore) it learns too.
+func TestLearnStreamStops(t *testing.T) {
+	ctx := context.Background()
+	items := synthRaw(40, 9)
+	produce := func(n int, fail error) func(push func(BulkItem) error) error {
+		return func(push func(BulkItem) error) error {
+			for _, it := range items[:n] {
+				if err := push(BulkItem{Name: it.Name, Data: it.Data, Label: it.Label}); err != nil {
+					return err
+				}
+			}
+			return fail
+		}
+	}
+	boom := errors.New("boom")
+	for _, st := range []string{"sqlite", "mem"} {
+		t.Run(st, func(t *testing.T) {
+			newC := func() *Classifier {
+				var store TokenStore = NewMemStore()
+				if st == "sqlite" {
+					store = testBackends[0].store(testBackends[0].pools(t)(), SQLStoreOptions{})
+				}
+				c, err := New(DefaultConfig(), store)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return c
+			}
+			total := func(c *Classifier) int64 {
+				tot, err := c.Totals(ctx, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				return tot.Ham + tot.Spam
+			}
+			// The producer fails after 25 messages: 25 learned.
+			c := newC()
+			ln := c.NewLearner(0)
+			if err := ln.LearnStream(ctx, StreamOptions{Window: 4}, produce(25, boom), nil); !errors.Is(err, boom) {
+				t.Fatalf("producer error: got %v", err)
+			}
+			if err := ln.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := total(c); n != 25 {
+				t.Fatalf("after a producer error: %d lessons stored, want 25", n)
+			}
+			// done fails on the 10th lesson: 10 learned, the producer is
+			// stopped (it sees push fail) and LearnStream returns.
+			c = newC()
+			ln = c.NewLearner(0)
+			seen := 0
+			err := ln.LearnStream(ctx, StreamOptions{Window: 4}, produce(40, nil), func(BulkItem, LearnOutcome) error {
+				if seen++; seen == 10 {
+					return boom
+				}
+				return nil
+			})
+			if !errors.Is(err, boom) {
+				t.Fatalf("done error: got %v", err)
+			}
+			if err := ln.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if n := total(c); n != 10 {
+				t.Fatalf("after a done error: %d lessons stored, want 10", n)
+			}
+			// A cancelled context.
+			cctx, cancel := context.WithCancel(ctx)
+			c = newC()
+			ln = c.NewLearner(0)
+			err = ln.LearnStream(cctx, StreamOptions{}, produce(40, nil), func(BulkItem, LearnOutcome) error {
+				cancel()
+				return nil
+			})
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("cancelled: got %v", err)
+			}
+		})
+	}
+}
+
+// TestOverlayRepeatedKeys: a batch that names a key twice is applied as
+// the store applies it (the key's deltas added up first, then to the
+// row), in an empty scope and over stored rows.
+func TestOverlayRepeatedKeys(t *testing.T) {
+	ctx := context.Background()
+	pools := testBackends[0].pools(t)
+	base := testBackends[0].store(pools(), SQLStoreOptions{})
+	ref := testBackends[0].store(testBackends[0].pools(t)(), SQLStoreOptions{})
+	batches := []Batch{
+		{Deltas: []Delta{{Key: 1, W: 0.1, G: 0.3}, {Key: 2, Ham: 1}, {Key: 1, W: 0.7, G: 1e-17}, {Key: 3, W: 1}}, Totals: Totals{Ham: 1}},
+		// Added one by one, 1 + 1e16 - 1e16 is 0; the store adds the
+		// deltas first: 1 + 0.
+		{Deltas: []Delta{{Key: 2, Ham: 1}, {Key: 3, W: 1e16}, {Key: 3, W: -1e16}, {Key: 4, Spam: 1}}, Totals: Totals{Spam: 1}},
+		{Deltas: []Delta{{Key: 1, W: 0.2}, {Key: 2, Ham: -1}, {Key: 2, Ham: -1}, {Key: 4, Spam: -1}}, Totals: Totals{Ham: -1}},
+	}
+	for round := 0; round < 2; round++ { // into an empty scope, then over stored rows
+		ov := newOverlay(base)
+		for _, b := range batches {
+			if err := ov.Update(ctx, "s", b); err != nil {
+				t.Fatal(err)
+			}
+			if err := ref.Update(ctx, "s", Batch{Deltas: slices.Clone(b.Deltas), Totals: b.Totals}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := ov.flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		keys := []uint64{1, 2, 3, 4}
+		want, _ := ref.Get(ctx, "s", keys)
+		got, _ := base.Get(ctx, "s", keys)
+		for i := range keys {
+			if want[i] != got[i] {
+				t.Fatalf("round %d key %d: store %+v, overlay %+v", round, keys[i], want[i], got[i])
+			}
+		}
+		ws, _ := ref.Size(ctx, "s")
+		gs, _ := base.Size(ctx, "s")
+		if ws != gs {
+			t.Fatalf("round %d: size %d, overlay %d", round, ws, gs)
+		}
 	}
 }

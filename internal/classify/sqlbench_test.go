@@ -121,3 +121,82 @@ func BenchmarkClassifySQL(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLearnBulk learns the whole corpus into a fresh SQLite file
+// with a Learner, as moat learn does (parse, features, overlay, flush):
+// one iteration is the whole corpus. "serial" parses and learns each
+// message in turn (Learner.Learn), "stream" parses and extracts ahead in
+// workers (Learner.LearnStream, moat learn); "warm" is stream learning
+// every other message into a model that learned the rest already (rows
+// are read from the database).
+func BenchmarkLearnBulk(b *testing.B) {
+	all := corpus(b)
+	ctx := context.Background()
+	stream := func(ln *Learner, items []Item) error {
+		return ln.LearnStream(ctx, StreamOptions{}, func(push func(BulkItem) error) error {
+			for _, it := range items {
+				if err := push(BulkItem{Name: it.Name, Data: it.Data, Label: it.Label}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}, nil)
+	}
+	for _, mode := range []string{"serial", "stream", "warm"} {
+		b.Run(mode, func(b *testing.B) {
+			items := all
+			var first []Item
+			if mode == "warm" {
+				items, first = nil, nil
+				for i, it := range all {
+					if i%2 == 0 {
+						first = append(first, it)
+					} else {
+						items = append(items, it)
+					}
+				}
+			}
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				db, err := OpenSQLite(filepath.Join(b.TempDir(), "m.db"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := Migrate(ctx, db); err != nil {
+					b.Fatal(err)
+				}
+				c, err := New(DefaultConfig(), NewSQLStore(db))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if first != nil {
+					ln := c.NewLearner(0)
+					if err := stream(ln, first); err != nil {
+						b.Fatal(err)
+					}
+					if err := ln.Flush(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				ln := c.NewLearner(0)
+				if mode == "serial" {
+					for _, it := range items {
+						if _, err := ln.Learn(ctx, "", message.ParseBytes(it.Data, message.DefaultLimits()), it.Label); err != nil {
+							b.Fatal(err)
+						}
+					}
+				} else if err := stream(ln, items); err != nil {
+					b.Fatal(err)
+				}
+				if err := ln.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				db.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(b.N*len(items))/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}

@@ -304,6 +304,12 @@ type dialectSQL struct {
 	// Apply's: the version bump that returns the new version, setting
 	// totals, removing a key, reading a version.
 	bumpReturning, setTotals, deleteKey, version string
+	// probe: whether a scope has any row and any lesson (the overlay);
+	// scan: all the rows of a scope.
+	probe, scan string
+	// upsertArray, setArray: PostgreSQL's Apply writes any number of
+	// rows with one statement of five array parameters (keyArray).
+	upsertArray, setArray string
 }
 
 var sqliteSQL, postgresSQL = newDialectSQL("sqlite"), newDialectSQL("postgres")
@@ -317,6 +323,11 @@ func newDialectSQL(driver string) dialectSQL {
 	if driver == "postgres" {
 		d.keyArray = true
 		d.selectArray = `SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = $1 AND key = ANY($2::bigint[])`
+		arrays := `INSERT INTO classify_tokens(scope, key, ham, spam, w, g)
+			SELECT $1, * FROM unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::double precision[], $6::double precision[])`
+		d.setArray = arrays + " ON CONFLICT(scope, key) DO UPDATE SET ham = excluded.ham, spam = excluded.spam, w = excluded.w, g = excluded.g"
+		d.upsertArray = arrays + " ON CONFLICT(scope, key) DO UPDATE SET ham = classify_tokens.ham + excluded.ham, spam = classify_tokens.spam + excluded.spam," +
+			" w = classify_tokens.w + excluded.w, g = classify_tokens.g + excluded.g"
 	}
 	for i, n := range getSizes {
 		d.selects[i] = rb("SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ? AND key IN (?" + strings.Repeat(",?", n-1) + ")")
@@ -326,8 +337,8 @@ func newDialectSQL(driver string) dialectSQL {
 			LEFT JOIN classify_versions v ON v.scope = t.scope WHERE t.scope IN (?` + strings.Repeat(",?", n-1) + ")")
 	}
 	for i, n := range upsertSizes {
-		d.upserts[i] = rb(upsertSQL(n))
-		d.sets[i] = rb(setSQL(n))
+		d.upserts[i] = upsertSQL(driver, n)
+		d.sets[i] = setSQL(driver, n)
 	}
 	d.shrink = rb(`DELETE FROM classify_tokens WHERE scope = ? AND key = ? AND ham <= 0 AND spam <= 0 AND w = 0 AND g = 0`)
 	d.addTotals = rb(`INSERT INTO classify_totals(scope, ham, spam, bias) VALUES(?,?,?,?)
@@ -347,34 +358,54 @@ func newDialectSQL(driver string) dialectSQL {
 		ON CONFLICT(scope) DO UPDATE SET ham = excluded.ham, spam = excluded.spam, bias = excluded.bias`)
 	d.deleteKey = rb(`DELETE FROM classify_tokens WHERE scope = ? AND key = ?`)
 	d.version = rb(`SELECT version FROM classify_versions WHERE scope = ?`)
+	d.scan = rb(`SELECT key, ham, spam, w, g FROM classify_tokens WHERE scope = ?`)
+	d.probe = rb(`SELECT EXISTS(SELECT 1 FROM classify_tokens WHERE scope = ?), EXISTS(SELECT 1 FROM classify_lessons WHERE scope = ?)`)
 	return d
 }
 
-// setSQL returns the multi-row upsert statement for n rows that sets
-// them to the given values.
-func setSQL(n int) string {
-	var b strings.Builder
-	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
+// rowsValues writes the start of a multi-row insert of n rows: the scope
+// is the first parameter, shared by every row (bound once, not once per
+// row), then key, ham, spam, w and g of each row. PostgreSQL numbers its
+// parameters ($1 is used by every row); SQLite looks numbered parameters
+// up in a list, slowly when there are thousands, so there the rows are a
+// VALUES table selected from, with anonymous parameters.
+func rowsValues(b *strings.Builder, driver string, n int) {
+	if driver == "postgres" {
+		b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
+		p := 2
+		for i := 0; i < n; i++ {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(b, "($1,$%d,$%d,$%d,$%d,$%d)", p, p+1, p+2, p+3, p+4)
+			p += 5
+		}
+		return
+	}
+	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) SELECT ?, column1, column2, column3, column4, column5 FROM (VALUES ")
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString("(?,?,?,?,?,?)")
+		b.WriteString("(?,?,?,?,?)")
 	}
+	// WHERE true: an upsert's SELECT needs a WHERE (SQLite's parser).
+	b.WriteString(") WHERE true")
+}
+
+// setSQL returns the multi-row upsert statement for n rows that sets
+// them to the given values.
+func setSQL(driver string, n int) string {
+	var b strings.Builder
+	rowsValues(&b, driver, n)
 	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = excluded.ham, spam = excluded.spam, w = excluded.w, g = excluded.g")
 	return b.String()
 }
 
 // upsertSQL returns the multi-row upsert statement for n rows.
-func upsertSQL(n int) string {
+func upsertSQL(driver string, n int) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO classify_tokens(scope, key, ham, spam, w, g) VALUES ")
-	for i := 0; i < n; i++ {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString("(?,?,?,?,?,?)")
-	}
+	rowsValues(&b, driver, n)
 	b.WriteString(" ON CONFLICT(scope, key) DO UPDATE SET ham = classify_tokens.ham + excluded.ham, spam = classify_tokens.spam + excluded.spam," +
 		" w = classify_tokens.w + excluded.w, g = classify_tokens.g + excluded.g")
 	return b.String()
@@ -757,7 +788,8 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 // upsertChunks writes n rows (row(i) for i < n) with the multi-row
 // statements stmts, largest chunks first.
 func upsertChunks(exec func(q string, args ...any) error, stmts *[len(upsertSizes)]string, scope string, n int, row func(i int) Delta) error {
-	args := make([]any, 0, upsertSizes[0]*6)
+	args := make([]any, 0, upsertSizes[0]*5+1)
+	sc := any(scope) // boxed once
 	for start := 0; start < n; {
 		si := len(upsertSizes) - 1
 		for i, size := range upsertSizes {
@@ -767,15 +799,50 @@ func upsertChunks(exec func(q string, args ...any) error, stmts *[len(upsertSize
 			}
 		}
 		end := start + upsertSizes[si]
-		args = args[:0]
+		args = append(args[:0], sc)
 		for i := start; i < end; i++ {
 			d := row(i)
-			args = append(args, scope, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
+			args = append(args, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
 		}
 		if err := exec(stmts[si], args...); err != nil {
 			return err
 		}
 		start = end
+	}
+	return nil
+}
+
+// arrayChunk is the rows of one array statement (PostgreSQL's Apply).
+const arrayChunk = 1 << 13
+
+// applyRows writes n rows (row(i) for i < n) for Apply, setting them to
+// the values given (set) or adding them: with the array statements on
+// PostgreSQL, else with upsertChunks.
+func (s *SQLStore) applyRows(exec func(q string, args ...any) error, set bool, scope string, n int, row func(i int) Delta) error {
+	if !s.q.keyArray {
+		stmts := &s.q.upserts
+		if set {
+			stmts = &s.q.sets
+		}
+		return upsertChunks(exec, stmts, scope, n, row)
+	}
+	q := s.q.upsertArray
+	if set {
+		q = s.q.setArray
+	}
+	m := min(n, arrayChunk)
+	keys, ham, spam := make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m)
+	w, g := make([]float64, 0, m), make([]float64, 0, m)
+	for start := 0; start < n; start += arrayChunk {
+		keys, ham, spam, w, g = keys[:0], ham[:0], spam[:0], w[:0], g[:0]
+		for i := start; i < min(n, start+arrayChunk); i++ {
+			d := row(i)
+			keys, ham, spam = append(keys, int64(d.Key)), append(ham, d.Ham), append(spam, d.Spam)
+			w, g = append(w, d.W), append(g, d.G)
+		}
+		if err := exec(q, scope, keys, ham, spam, w, g); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -790,11 +857,39 @@ func (s *SQLStore) Version(ctx context.Context, scope string) (int64, error) {
 	return v, err
 }
 
+// probeScope implements scopeProber.
+func (s *SQLStore) probeScope(ctx context.Context, scope string) (hasRows, hasLessons bool, err error) {
+	err = s.queryRow(ctx, s.q.probe, []any{scope, scope}, &hasRows, &hasLessons)
+	return hasRows, hasLessons, err
+}
+
+// scanScope implements scopeProber.
+func (s *SQLStore) scanScope(ctx context.Context, scope string, fn func(k uint64, r Row)) error {
+	if err := s.acquire(ctx); err != nil {
+		return err
+	}
+	defer s.release()
+	st, err := s.stmt(ctx, s.q.scan)
+	if err != nil {
+		return err
+	}
+	rows, err := st.QueryContext(ctx, scope)
+	if err != nil {
+		return err
+	}
+	return scanRows(rows, func(k int64, r Row) { fn(uint64(k), r) })
+}
+
 // Apply implements BulkStore: one transaction for all of ws.
 func (s *SQLStore) Apply(ctx context.Context, ws []ScopeWrite) (err error) {
 	need := []string{s.q.addTotals, s.q.setTotals, s.q.bumpReturning, s.q.shrink, s.q.deleteKey, s.q.forgetLesson, s.q.putLesson}
-	need = append(need, s.q.upserts[:]...)
-	st, err := s.prepared(ctx, append(need, s.q.sets[:]...))
+	if s.q.keyArray {
+		need = append(need, s.q.upsertArray, s.q.setArray)
+	} else {
+		need = append(need, s.q.upserts[:]...)
+		need = append(need, s.q.sets[:]...)
+	}
+	st, err := s.prepared(ctx, need)
 	if err != nil {
 		return err
 	}
@@ -822,25 +917,49 @@ func (s *SQLStore) Apply(ctx context.Context, ws []ScopeWrite) (err error) {
 			return err
 		}
 		rows := w.Rows
-		slices.SortFunc(rows, func(a, b KeyWrite) int { return cmp.Compare(int64(a.Key), int64(b.Key)) })
+		byKey := func(a, b KeyWrite) int { return cmp.Compare(int64(a.Key), int64(b.Key)) }
+		if !slices.IsSortedFunc(rows, byKey) { // the overlay hands them over sorted
+			slices.SortFunc(rows, byKey)
+		}
 		if v == w.Version+1 {
 			// Nobody wrote the scope since the lessons read it: set the
 			// rows to what the lessons computed.
-			var set []Delta
-			for _, r := range rows {
+			var set []int32 // the rows that exist, when some do not
+			for i, r := range rows {
 				if r.Exists {
-					set = append(set, Delta{Key: r.Key, Ham: r.Row.Ham, Spam: r.Row.Spam, W: r.Row.W, G: r.Row.G})
-				} else if err = exec(s.q.deleteKey, w.Scope, int64(r.Key)); err != nil {
+					if set != nil {
+						set = append(set, int32(i))
+					}
+					continue
+				}
+				if set == nil {
+					set = make([]int32, i, len(rows))
+					for j := range set {
+						set[j] = int32(j)
+					}
+				}
+				if err = exec(s.q.deleteKey, w.Scope, int64(r.Key)); err != nil {
 					return err
 				}
 			}
-			if err = upsertChunks(exec, &s.q.sets, w.Scope, len(set), func(i int) Delta { return set[i] }); err != nil {
+			n := len(rows)
+			if set != nil {
+				n = len(set)
+			}
+			err = s.applyRows(exec, true, w.Scope, n, func(i int) Delta {
+				if set != nil {
+					i = int(set[i])
+				}
+				r := &rows[i]
+				return Delta{Key: r.Key, Ham: r.Row.Ham, Spam: r.Row.Spam, W: r.Row.W, G: r.Row.G}
+			})
+			if err != nil {
 				return err
 			}
 			err = exec(s.q.setTotals, w.Scope, w.Totals.Ham, w.Totals.Spam, w.Totals.Bias)
 		} else {
 			// Another writer came in between: add the changes.
-			if err = upsertChunks(exec, &s.q.upserts, w.Scope, len(rows), func(i int) Delta { return rows[i].Delta }); err != nil {
+			if err = s.applyRows(exec, false, w.Scope, len(rows), func(i int) Delta { return rows[i].Delta }); err != nil {
 				return err
 			}
 			for _, r := range rows {
