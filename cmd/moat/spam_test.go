@@ -1,7 +1,10 @@
 package main
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -164,9 +167,36 @@ func TestLearnInterleaves(t *testing.T) {
 			os.WriteFile(filepath.Join(d, fmt.Sprintf("%02d.eml", i)), []byte(body), 0o644)
 		}
 	}
+	// The same messages as a .tar.gz (read once, from memory), plus a
+	// member with no class in its path, which is skipped.
+	tgz := filepath.Join(t.TempDir(), "c.tar.gz")
+	{
+		f, err := os.Create(tgz)
+		if err != nil {
+			t.Fatal(err)
+		}
+		zw := gzip.NewWriter(f)
+		tw := tar.NewWriter(zw)
+		add := func(name string, body []byte) {
+			tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+			tw.Write(body)
+		}
+		for _, class := range []string{"ham", "spam"} {
+			ents, _ := os.ReadDir(filepath.Join(dir, class))
+			for _, e := range ents {
+				b, _ := os.ReadFile(filepath.Join(dir, class, e.Name()))
+				add("c/"+class+"/"+e.Name(), b)
+			}
+		}
+		add("c/other/x.eml", []byte("Subject: x\r\n\r\nx\r\n"))
+		if err := errors.Join(tw.Close(), zw.Close(), f.Close()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, srcs := range [][]learnSource{
 		{{filepath.Join(dir, "ham"), classify.Ham, false}, {filepath.Join(dir, "spam"), classify.Spam, false}},
 		{{dir, classify.Ham, true}, {dir, classify.Spam, true}},
+		{{tgz, classify.Ham, true}, {tgz, classify.Spam, true}},
 	} {
 		var seq string
 		err := interleave(context.Background(), srcs, func(it classify.Item, l classify.Label) error {
