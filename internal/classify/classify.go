@@ -317,11 +317,8 @@ func (o LearnOutcome) String() string {
 // the same message (same fingerprint) twice counts once; learning it with
 // the opposite label moves it.
 func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
-	var wf []Feature
-	if c.words != nil {
-		wf = Extract(m, c.words.fs, false)
-	}
-	return c.learn(ctx, user, c.Features(m, false), wf, m.Fingerprint, label)
+	f := c.lessonFeatures(m)
+	return c.learn(ctx, user, f.fs, f.wf, f.fp, label)
 }
 
 // LearnFeatures is Learn with features already extracted (single-model
@@ -553,20 +550,7 @@ func (c *Classifier) withStore(store TokenStore) *Classifier {
 
 // Learn is Classifier.Learn within the batch.
 func (l *Learner) Learn(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
-	out, err := l.c.Learn(ctx, user, m, label)
-	if err != nil && l.ov != nil {
-		l.ov = newOverlay(l.ov.base) // a lesson may be half learned: drop the batch
-		l.c = l.direct.withStore(l.ov)
-		l.todo = 0
-	}
-	if err != nil || l.ov == nil {
-		return out, err
-	}
-	l.todo++
-	if l.todo >= l.every {
-		return out, l.Flush(ctx)
-	}
-	return out, nil
+	return l.learnFeatures(ctx, user, l.c.lessonFeatures(m), label)
 }
 
 // Flush writes the lessons learned since the last commit. After an error
