@@ -142,7 +142,7 @@ func (l cliLearner) Learn(ctx context.Context, raw []byte, spam bool, user strin
 	if spam {
 		lab = classify.Spam
 	}
-	_, err := l.c.Learn(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), lab)
+	_, err := l.c.Correct(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), lab)
 	return err
 }
 

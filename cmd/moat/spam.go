@@ -257,6 +257,7 @@ func cmdEval(args []string) int {
 	order := fs.Bool("print-order", false, "print the evaluation order (label TAB member) and exit")
 	scores := fs.String("scores", "", "write per-message scores (member TAB label TAB probability) to FILE")
 	withRules := fs.Bool("with-rules", false, "also report the gateway's content score: shipped rules + bayes points at the tag score")
+	autolearn := fs.Bool("autolearn", false, "no true labels: the model learns only what the gateway's autolearn decides from the shipped rules' score (reports the gateway's content score)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -302,6 +303,13 @@ func cmdEval(args []string) int {
 		return 2
 	}
 	ctx := context.Background()
+	if *autolearn {
+		if err := evalAutolearn(ctx, os.Stdout, c, items); err != nil {
+			fmt.Fprintln(os.Stderr, "moat eval:", err)
+			return 1
+		}
+		return 0
+	}
 	var res *classify.EvalResult
 	if *split {
 		res, err = classify.Split(ctx, c, items, 0.5, message.DefaultLimits())

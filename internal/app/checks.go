@@ -123,6 +123,7 @@ func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
 	if err := add("bayes", by, err); err != nil {
 		return nil, err
 	}
+	a.closers = append(a.closers, by) // after the store's closer: drains autolearn first
 	a.learner = learner{by.Classifier()}
 	return checks, nil
 }
@@ -147,7 +148,7 @@ func (l learner) Learn(ctx context.Context, raw []byte, spam bool, user string) 
 	if spam {
 		lab = classify.Spam
 	}
-	_, err := l.c.Learn(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), lab)
+	_, err := l.c.Correct(ctx, user, message.ParseBytes(raw, message.DefaultLimits()), lab)
 	return err
 }
 

@@ -321,6 +321,28 @@ func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message,
 	return c.learn(ctx, user, f.fs, f.wf, f.fp, label)
 }
 
+// Correct is a person's correction of a message: a lesson for user's
+// model (the site model when user is ""), and, when the site model had
+// learned the message with the other label (autolearn), that lesson is
+// moved too, so the site model does not keep the mistake.
+func (c *Classifier) Correct(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
+	f := c.lessonFeatures(m)
+	out, err := c.learn(ctx, user, f.fs, f.wf, f.fp, label)
+	if err != nil || user == "" {
+		return out, err
+	}
+	prev, err := c.store.Lesson(ctx, c.Scope(""), f.fp)
+	if err != nil {
+		return out, err
+	}
+	if prev != Unknown && prev != label {
+		if _, err := c.learn(ctx, "", f.fs, f.wf, f.fp, label); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
 // LearnFeatures is Learn with features already extracted (single-model
 // algorithms; the stack needs the message: use Learn).
 func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Feature, fp [32]byte, label Label) (LearnOutcome, error) {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -46,6 +47,15 @@ type RcptChecker interface {
 type DataChecker interface {
 	Check
 	CheckData(ctx context.Context, tx *Txn, m *Message) verdict.Result
+}
+
+// DataObserver is implemented by DATA checks that want to see the
+// decision made over all results (the classifier's autolearn). Decided
+// runs after the decision, in the session's goroutine, so it must not
+// block; it returns a short word for the X-Spam-Status "autolearn="
+// field ("no" when it did nothing).
+type DataObserver interface {
+	Decided(ctx context.Context, tx *Txn, m *Message, results []verdict.Result, dec policy.Decision) string
 }
 
 // Tier2 is implemented by DATA checks that read other checks' results

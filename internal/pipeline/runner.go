@@ -23,6 +23,7 @@ type Runner struct {
 	rcpt    []RcptChecker
 	data1   []DataChecker
 	data2   []DataChecker
+	observe []DataObserver
 	policy  PolicySource
 	timeout time.Duration
 }
@@ -48,6 +49,9 @@ func NewRunner(checks []Check, pol PolicySource, timeout time.Duration) *Runner 
 			r.rcpt = append(r.rcpt, x)
 		}
 		if x, ok := c.(DataChecker); ok {
+			if o, ok := c.(DataObserver); ok {
+				r.observe = append(r.observe, o)
+			}
 			if _, t2 := c.(Tier2); t2 {
 				r.data2 = append(r.data2, x)
 			} else {
@@ -154,5 +158,15 @@ func (r *Runner) Data(ctx context.Context, tx *Txn, m *Message) policy.Decision 
 	for _, rc := range tx.Rcpts {
 		all = append(all, rc.Report.Results()...)
 	}
-	return pol.Decide(all, policy.Content)
+	dec := pol.Decide(all, policy.Content)
+	dec.Autolearn = "no"
+	for _, o := range r.observe {
+		if c, ok := o.(Check); ok && !pol.Enabled(c.Name()) {
+			continue
+		}
+		if a := o.Decided(ctx, tx, m, all, dec); a != "no" && a != "" {
+			dec.Autolearn = a
+		}
+	}
+	return dec
 }

@@ -92,3 +92,42 @@ func TestRunnerSingleAndDisabled(t *testing.T) {
 		t.Fatalf("deadline not reported: %+v", res)
 	}
 }
+
+// observer is a DataChecker that also watches the decision.
+type observer struct {
+	name string
+	sym  verdict.Symbol
+	saw  *policy.Decision
+}
+
+func (o observer) Name() string { return o.name }
+func (o observer) CheckData(context.Context, *Txn, *Message) verdict.Result {
+	return verdict.Result{Symbols: []verdict.Symbol{o.sym}}
+}
+func (o observer) Decided(_ context.Context, _ *Txn, _ *Message, results []verdict.Result, dec policy.Decision) string {
+	*o.saw = dec
+	if len(results) != 1 || results[0].Check != o.name {
+		return "bad"
+	}
+	return "ham"
+}
+
+// TestRunnerObservers: a DataObserver sees the decision over all results
+// after it is made, and its answer lands in Decision.Autolearn; a layer
+// switched off is neither run nor asked.
+func TestRunnerObservers(t *testing.T) {
+	var saw policy.Decision
+	o := observer{name: "obs", sym: verdict.Symbol{Name: "X", Score: 6}, saw: &saw}
+	pol := policy.Default()
+	dec := NewRunner([]Check{o}, sitePolicy(pol), time.Second).Data(context.Background(), newTxn(), &Message{})
+	if dec.Autolearn != "ham" || saw.Score != 6 || saw.Action != verdict.Tag {
+		t.Fatalf("decision %+v, observer saw %+v", dec, saw)
+	}
+	off := policy.Default()
+	off.Layers = map[string]policy.Layer{"obs": {Mode: policy.ModeOff}}
+	saw = policy.Decision{}
+	dec = NewRunner([]Check{o}, sitePolicy(off), time.Second).Data(context.Background(), newTxn(), &Message{})
+	if dec.Autolearn != "no" || saw.Action != verdict.NoOpinion || saw.Score != 0 {
+		t.Fatalf("layer off: decision %+v, observer saw %+v", dec, saw)
+	}
+}

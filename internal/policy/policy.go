@@ -121,6 +121,9 @@ type Decision struct {
 	Reason   string           // internal: which check or threshold decided
 	Counted  []verdict.Symbol // symbols that counted toward Score
 	Observed []string         // what observe-only layers would have done
+	// Autolearn is what the classifier learned from this message by
+	// itself: "ham", "spam" or "no" (X-Spam-Status autolearn=).
+	Autolearn string
 }
 
 var (

@@ -494,7 +494,7 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 	if s.srv.runner != nil && len(t.t.Rcpts) > 0 {
 		required = s.srv.runner.Policy(t.t.Rcpts[0].Domain).TagScore
 	}
-	for _, f := range spamhdr.SpamHeaders(dec.Score, required, syms) {
+	for _, f := range spamhdr.SpamHeaders(dec.Score, required, syms, dec.Autolearn) {
 		if f.Name == "X-Spam-Flag" && !tagged {
 			continue
 		}

@@ -18,7 +18,9 @@ const Version = "Moat"
 // X-Spam-Score, X-Spam-Level (one '*' per whole point, at most 50) and
 // X-Spam-Status: "Yes, score=7.2 required=5.0 tests=BAYES_99,GTUBE
 // autolearn=no version=Moat". Test names are sorted, as SpamAssassin does.
-func SpamHeaders(score, threshold float64, symbols []verdict.Symbol) []verdict.Field {
+// autolearn is what the classifier learned from the message by itself
+// ("ham", "spam"; "" or anything else is reported as "no").
+func SpamHeaders(score, threshold float64, symbols []verdict.Symbol, autolearn string) []verdict.Field {
 	spam := score >= threshold
 	names := make([]string, 0, len(symbols))
 	seen := map[string]bool{}
@@ -46,6 +48,9 @@ func SpamHeaders(score, threshold float64, symbols []verdict.Symbol) []verdict.F
 	if stars > 50 {
 		stars = 50
 	}
+	if autolearn != "ham" && autolearn != "spam" {
+		autolearn = "no"
+	}
 	var out []verdict.Field
 	if spam {
 		out = append(out, verdict.Field{Name: "X-Spam-Flag", Value: "YES"})
@@ -53,8 +58,8 @@ func SpamHeaders(score, threshold float64, symbols []verdict.Symbol) []verdict.F
 	out = append(out,
 		verdict.Field{Name: "X-Spam-Score", Value: fmt.Sprintf("%.1f", score)},
 		verdict.Field{Name: "X-Spam-Level", Value: strings.Repeat("*", stars)},
-		verdict.Field{Name: "X-Spam-Status", Value: fmt.Sprintf("%s, score=%.1f required=%.1f tests=%s autolearn=no version=%s",
-			yes, score, threshold, tests, Version)},
+		verdict.Field{Name: "X-Spam-Status", Value: fmt.Sprintf("%s, score=%.1f required=%.1f tests=%s autolearn=%s version=%s",
+			yes, score, threshold, tests, autolearn, Version)},
 	)
 	return out
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -55,6 +57,50 @@ func TestGTUBE(t *testing.T) {
 	if !bytes.HasSuffix(raw, []byte(ham)) || bytes.Contains(raw, []byte("[SPAM]")) {
 		t.Fatalf("ham altered:\n%s", raw)
 	}
+}
+
+// TestAutolearn: the classifier learns by itself from the mail flow. A
+// clean message (score 0 from every other layer) is a ham lesson and says
+// autolearn=ham in X-Spam-Status; a message a local rule scores 16 is a
+// spam lesson, refused with 550 5.7.1 all the same; GTUBE is never
+// learned. The site model's counts are read back with moat classify.
+func TestAutolearn(t *testing.T) {
+	backend := startSink(t, sink.Config{})
+	dir := t.TempDir()
+	local := filepath.Join(dir, "local.rules")
+	if err := os.WriteFile(local, []byte("body MOAT_E2E_BLATANT /blatant-e2e-marker/\nscore MOAT_E2E_BLATANT 16\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := newGateway(t, fmt.Sprintf("  rules:\n    local_files: [%q]\ndomains:\n", local)+domainYAML("example.test", backend.Addr(), ""))
+	g.Start()
+	msg := func(id, subject, body string) string {
+		return "From: Sender <someone@sender.test>\r\nTo: alice@example.test\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n" +
+			"Message-ID: <" + id + "@sender.test>\r\nSubject: " + subject + "\r\n\r\n" + body + "\r\n"
+	}
+	ham := msg("al1", "lunch on friday", "Shall we meet at noon at the usual place?")
+	if _, err := send(g.SMTP, "someone@sender.test", []string{"alice@example.test"}, ham); err != nil {
+		t.Fatal(err)
+	}
+	if !backend.Wait(1, 20*time.Second) {
+		t.Fatal("ham not delivered")
+	}
+	_, raw, _ := sink.ReadFile(backend.Messages()[0])
+	if !regexp.MustCompile(`X-Spam-Status: No, score=0\.0 required=5\.0 tests=[^\r]*\s+autolearn=ham`).Match(raw) {
+		t.Fatalf("clean message not autolearned as ham:\n%s", raw)
+	}
+	spam := msg("al2", "offer", "blatant-e2e-marker and more")
+	var se *smtp.SMTPError
+	if _, err := send(g.SMTP, "someone@sender.test", []string{"alice@example.test"}, spam); !errors.As(err, &se) || se.Code != 550 {
+		t.Fatalf("score 16: got %v, want 550", err)
+	}
+	if _, err := send(g.SMTP, "someone@sender.test", []string{"alice@example.test"}, msg("al3", "test", gtube)); !errors.As(err, &se) || se.Code != 550 {
+		t.Fatalf("GTUBE: got %v, want 550", err)
+	}
+	var out string
+	waitFor(t, "the site model to hold 1 ham and 1 spam", 10*time.Second, func() bool {
+		out, _ = runMoat(t, ham, "classify", "--config", g.cfgPath)
+		return strings.Contains(out, "(1 ham, 1 spam learned)")
+	})
 }
 
 var quarantineID = regexp.MustCompile(`(?m)^([0-9A-Za-z_-]+-\d+)\s`)

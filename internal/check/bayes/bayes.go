@@ -29,11 +29,13 @@ type Config struct {
 	// MaxPoints is the score at probability 1 (BAYES_999); the scale is
 	// stretched proportionally. Default 5.5.
 	MaxPoints float64 `yaml:"max_points"`
+	// Autolearn: learning from the mail flow by itself (autolearn.go).
+	Autolearn Autolearn `yaml:"autolearn"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Classifier: classify.DefaultConfig(), PerUser: true, MaxPoints: 5.5}
+	return Config{Classifier: classify.DefaultConfig(), PerUser: true, MaxPoints: 5.5, Autolearn: DefaultAutolearn()}
 }
 
 // Validate checks the configuration.
@@ -43,6 +45,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxPoints < 0 || c.MaxPoints > 50 {
 		return errors.New("max_points: must be between 0 and 50")
+	}
+	if err := c.Autolearn.validate(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -62,6 +67,7 @@ type Check struct {
 	log   *slog.Logger
 	lim   message.Limits
 	count *prometheus.CounterVec
+	auto  *autolearner // nil when autolearn is off
 }
 
 var _ pipeline.DataChecker = (*Check)(nil)
@@ -87,10 +93,19 @@ func New(cfg Config, deps Deps) (*Check, error) {
 		Name: "moat_bayes_messages_total",
 		Help: "Messages scored by the statistical classifier, by symbol (SILENT while untrained, ERROR on store failure).",
 	}, []string{"symbol"})
+	learned := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "moat_bayes_autolearn_total",
+		Help: "Autolearn lessons by label and result (learned, known: learned before, rate: over max_rate, dropped: queue full, error).",
+	}, []string{"label", "result"})
 	if deps.Registerer != nil {
-		if err := deps.Registerer.Register(ch.count); err != nil {
-			return nil, err
+		for _, col := range []prometheus.Collector{ch.count, learned} {
+			if err := deps.Registerer.Register(col); err != nil {
+				return nil, err
+			}
 		}
+	}
+	if cfg.Autolearn.Enabled {
+		ch.auto = newAutolearner(c, cfg.Autolearn, learned)
 	}
 	return ch, nil
 }
@@ -98,6 +113,14 @@ func New(cfg Config, deps Deps) (*Check, error) {
 // Classifier returns the underlying classifier (for learning from the
 // quarantine UI: release = ham lesson, report = spam lesson).
 func (c *Check) Classifier() *classify.Classifier { return c.c }
+
+// Close stops autolearn after the queued lessons are learned.
+func (c *Check) Close() error {
+	if c.auto != nil {
+		c.auto.close()
+	}
+	return nil
+}
 
 // Name implements pipeline.Check.
 func (c *Check) Name() string { return "bayes" }

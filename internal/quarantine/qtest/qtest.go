@@ -114,7 +114,7 @@ func (l Learner) Learn(ctx context.Context, raw []byte, spam bool, user string) 
 	if spam {
 		lab = classify.Spam
 	}
-	_, err := l.C.Learn(ctx, user, parse(raw), lab)
+	_, err := l.C.Correct(ctx, user, parse(raw), lab)
 	return err
 }
 
