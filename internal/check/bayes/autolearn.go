@@ -28,8 +28,8 @@ import (
 //
 // It never learns from a transaction whose evidence is incomplete or not
 // about content: a check that failed, a hard verdict (virus, unknown
-// recipient), GTUBE, allow/block list entries, or authenticated
-// submission. And it does not teach the classifier against its own
+// recipient), GTUBE, allow/block list entries, authenticated
+// submission, or a message over 1 MiB. And it does not teach the classifier against its own
 // confident opinion (no ham lesson at BAYES_80 or above, no spam lesson
 // at BAYES_20 or below): those are exactly the messages where the other
 // layers are least reliable, and where a person should decide.
@@ -70,6 +70,10 @@ func (a *Autolearn) validate() error {
 	}
 	return nil
 }
+
+// maxLessonSize bounds the messages autolearn takes (SpamAssassin's spamc
+// skips messages over 500 KB for the same reason).
+const maxLessonSize = 1 << 20
 
 // Opinion is the classifier's say on a message, for AutolearnLabel.
 type Opinion struct {
@@ -168,6 +172,9 @@ func (c *Check) Decided(_ context.Context, tx *pipeline.Txn, pm *pipeline.Messag
 	}
 	if dec.Action == verdict.TempFail || dec.Action == verdict.Drop || tx.Conn == nil || tx.Conn.AuthUser != "" {
 		return "no"
+	}
+	if pm.Size > maxLessonSize {
+		return "no" // a queued lesson holds the parsed message in memory
 	}
 	op := Opinion{}
 	for _, res := range results {

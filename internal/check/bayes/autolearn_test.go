@@ -116,10 +116,15 @@ func TestDecidedLearns(t *testing.T) {
 		{"check failed", tx, []verdict.Result{{Check: "dkim", Err: errors.New("dns down")}}, "no"},
 		{"virus", tx, []verdict.Result{{Check: "clamav", Hard: &verdict.Verdict{Action: verdict.Reject}}}, "no"},
 		{"authenticated", auth, nil, "no"},
+		{"over 1 MiB", tx, nil, "no"},
 	}
 	for i, cs := range cases {
 		dec := pol.Decide(cs.results, policy.Content)
-		if got := c.Decided(ctx, cs.tx, msg(i), cs.results, dec); got != cs.want {
+		pm := msg(i)
+		if cs.name == "over 1 MiB" {
+			pm.Size = 1<<20 + 1
+		}
+		if got := c.Decided(ctx, cs.tx, pm, cs.results, dec); got != cs.want {
 			t.Errorf("%s: Decided = %q, want %q", cs.name, got, cs.want)
 		}
 	}
