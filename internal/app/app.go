@@ -32,6 +32,7 @@ import (
 	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/relay"
+	"moat.dev/moat/internal/reports"
 	"moat.dev/moat/internal/smtpd"
 	"moat.dev/moat/internal/store"
 	"moat.dev/moat/internal/store/sqlstore"
@@ -61,6 +62,7 @@ type App struct {
 	users        *users.Store
 	quar         *quarantine.Store
 	learner      quarantine.Learner
+	reports      *reports.Reports
 	webHandler   http.Handler
 	bypass       *milter.Stats
 	auditMetrics *audit.Metrics
@@ -145,6 +147,7 @@ func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 		Quarantine: a.hold,
 		Log:        a.log.With("component", "smtpd"),
 		Metrics:    a.reg,
+		Reports:    a.reports,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("smtp: %w", err)

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"moat.dev/moat/internal/check/attach"
 	"moat.dev/moat/internal/check/bayes"
@@ -24,6 +25,7 @@ import (
 	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/relay"
+	"moat.dev/moat/internal/reports"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -125,6 +127,15 @@ func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
 	}
 	a.closers = append(a.closers, by) // after the store's closer: drains autolearn first
 	a.learner = learner{by.Classifier()}
+	// The learning addresses: a report's sender must be a user of the
+	// domain, as the recipient check knows users.
+	verify := func(ctx context.Context, tx *pipeline.Txn, addr pipeline.Address) (bool, error) {
+		res := rc.CheckRcpt(ctx, tx, &pipeline.Rcpt{Addr: addr, Domain: strings.ToLower(addr.Domain), Report: &verdict.Report{}})
+		return res.Err == nil && res.Hard == nil, res.Err
+	}
+	if a.reports, err = reports.New(cc.Bayes.Reports, reports.Deps{Classifier: by.Classifier(), Verify: verify, Log: a.log.With("component", "reports")}); err != nil {
+		return nil, err
+	}
 	return checks, nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 
 	"moat.dev/moat/internal/message"
 )
@@ -202,8 +203,11 @@ func (c *Classifier) Features(m *message.Message, names bool) []Feature {
 	return Extract(m, c.fs, names)
 }
 
-func (c *Classifier) keys(fs []Feature) []uint64 {
-	k := make([]uint64, len(fs))
+func (c *Classifier) keys(fs []Feature) []uint64 { return c.keysExtra(fs, 0) }
+
+// keysExtra is keys with room for extra more keys.
+func (c *Classifier) keysExtra(fs []Feature, extra int) []uint64 {
+	k := make([]uint64, len(fs), len(fs)+extra)
 	for i, f := range fs {
 		k[i] = c.alg.key(f.Hash)
 	}
@@ -322,9 +326,10 @@ func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message,
 }
 
 // Correct is a person's correction of a message: a lesson for user's
-// model (the site model when user is ""), and, when the site model had
-// learned the message with the other label (autolearn), that lesson is
-// moved too, so the site model does not keep the mistake.
+// model and for the site model (once: a site lesson with the other label,
+// from autolearn or another person, is moved). The site model made the
+// mistake for every user whose own model is not trained yet, so it must
+// learn it too.
 func (c *Classifier) Correct(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
 	f := c.lessonFeatures(m)
 	out, err := c.learn(ctx, user, f.fs, f.wf, f.fp, label)
@@ -335,7 +340,7 @@ func (c *Classifier) Correct(ctx context.Context, user string, m *message.Messag
 	if err != nil {
 		return out, err
 	}
-	if prev != Unknown && prev != label {
+	if prev != label {
 		if _, err := c.learn(ctx, "", f.fs, f.wf, f.fp, label); err != nil {
 			return out, err
 		}
@@ -365,11 +370,13 @@ func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, f
 	if prev == label {
 		return AlreadyKnown, nil
 	}
-	keys := c.keys(fs)
-	n := len(keys)
+	var keys []uint64
 	if c.words != nil {
-		keys = append(keys, stackKeys...)
+		keys = append(c.keysExtra(fs, len(stackKeys)), stackKeys...)
+	} else {
+		keys = c.keys(fs)
 	}
+	n := len(fs)
 	rows, err := c.store.Get(ctx, scope, keys)
 	if err != nil {
 		return 0, err
@@ -436,7 +443,11 @@ func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, f
 		if i > 0 {
 			dt.Ham, dt.Spam = 0, 0
 		}
-		deltas = append(deltas, d...)
+		if deltas == nil {
+			deltas = d // the usual single step: no copy
+		} else {
+			deltas = append(deltas, d...)
+		}
 		tt = addTotals(tt, dt)
 		if i == steps-1 {
 			break
@@ -448,7 +459,8 @@ func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, f
 			break
 		}
 	}
-	deltas = append(mergeDeltas(deltas), stack...)
+	deltas = mergeDeltasInto(make([]Delta, 0, len(deltas)+len(stack)), deltas)
+	deltas = append(deltas, stack...)
 	if err := c.store.Update(ctx, scope, Batch{Deltas: deltas, Totals: tt, Lesson: &Lesson{FP: fp, Label: label}}); err != nil {
 		return 0, err
 	}
@@ -492,25 +504,79 @@ func addTotals(a, b Totals) Totals {
 }
 
 // mergeDeltas combines deltas of the same key (hash collisions, repeated
-// steps) so a store applies each key once.
+// steps) so a store applies each key once: each key's deltas are added
+// up in their order, at the place of its first delta.
 func mergeDeltas(d []Delta) []Delta {
 	if len(d) == 0 {
 		return d
 	}
-	idx := make(map[uint64]int, len(d))
-	out := make([]Delta, 0, len(d))
+	return mergeDeltasInto(make([]Delta, 0, len(d)), d)
+}
+
+// mergeDeltasInto appends the merged deltas of d to out.
+func mergeDeltasInto(out, d []Delta) []Delta {
+	// Every lesson merges a few thousand deltas: a Go map made for each
+	// call cost more than the learning step itself.
+	ix := keyIndexes.Get().(*keyIndex)
+	defer keyIndexes.Put(ix)
+	ix.reset(len(d))
+	base := len(out)
 	for _, x := range d {
-		if i, ok := idx[x.Key]; ok {
-			out[i].Ham += x.Ham
-			out[i].Spam += x.Spam
-			out[i].W += x.W
-			out[i].G += x.G
+		if i, seen := ix.put(x.Key, int32(len(out)-base)); seen {
+			m := &out[base+int(i)]
+			m.Ham += x.Ham
+			m.Spam += x.Spam
+			m.W += x.W
+			m.G += x.G
 			continue
 		}
-		idx[x.Key] = len(out)
 		out = append(out, x)
 	}
 	return out
+}
+
+// keyIndex maps keys to small integers (open addressing), emptied in
+// constant time: a slot belongs to the current use only if it carries
+// its generation.
+type keyIndex struct {
+	slots []keySlot
+	gen   uint32
+}
+
+type keySlot struct {
+	key uint64
+	val int32
+	gen uint32
+}
+
+var keyIndexes = sync.Pool{New: func() any { return new(keyIndex) }}
+
+// reset empties the index for up to n keys.
+func (x *keyIndex) reset(n int) {
+	size := 1 << 10
+	for size < 2*n {
+		size <<= 1
+	}
+	x.gen++
+	if len(x.slots) < size || x.gen == 0 {
+		x.slots = make([]keySlot, max(size, len(x.slots)))
+		x.gen = 1
+	}
+}
+
+// put returns k's value if k is in the index (seen), else adds it with v.
+func (x *keyIndex) put(k uint64, v int32) (int32, bool) {
+	mask := uint64(len(x.slots) - 1)
+	for i := (k * 0x9E3779B97F4A7C15) >> 32 & mask; ; i = (i + 1) & mask {
+		s := &x.slots[i]
+		if s.gen != x.gen {
+			*s = keySlot{key: k, val: v, gen: x.gen}
+			return v, false
+		}
+		if s.key == k {
+			return s.val, true
+		}
+	}
 }
 
 // Size returns the number of stored keys in the site model.

@@ -22,6 +22,7 @@ import (
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/queue"
+	"moat.dev/moat/internal/verdict"
 )
 
 // Spool creates drafts: files that receive a message during DATA and
@@ -70,6 +71,19 @@ type Deps struct {
 	Quarantine func(ctx context.Context, d Draft, env *queue.Envelope, dec policy.Decision) error
 	Log        *slog.Logger
 	Metrics    prometheus.Registerer // nil: metrics are not registered
+	// Reports consumes mail to the classifier's learning addresses
+	// (package reports); nil: there are none.
+	Reports ReportSink
+}
+
+// ReportSink learns from reports sent to learning addresses instead of
+// relaying them.
+type ReportSink interface {
+	// Match returns "spam" or "ham" for a learning address, "" otherwise.
+	Match(rcpt pipeline.Address) string
+	// Learn checks the report's sender and learns it; the reply is the
+	// client's.
+	Learn(ctx context.Context, tx *pipeline.Txn, domain, lesson string, raw []byte) verdict.Reply
 }
 
 // Server is Moat's inbound SMTP server.

@@ -56,7 +56,10 @@ type txnState struct {
 	utf8     bool
 	refused  int
 	logged   bool
+	report   string // "spam" or "ham": a report to a learning address (ReportSink)
 }
+
+var replyReportAlone = verdict.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Text: "Send reports to the learning address in a message of their own"}
 
 func (s *Server) newSession(gc *smtp.Conn) (smtp.Session, error) {
 	c, ok := gc.Conn().(*sconn)
@@ -201,6 +204,20 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 		return s.fail("relay", replyRelay, true)
 	}
 	rc := &pipeline.Rcpt{Addr: pa.Addr, Domain: pa.Lookup, Report: &verdict.Report{}}
+	if rs := s.srv.deps.Reports; rs != nil {
+		// A report goes to the classifier, not to a mailbox: alone in its
+		// transaction, and judged by its sender (Learn), not by the checks.
+		lesson := rs.Match(pa.Addr)
+		if (lesson != "" && len(t.t.Rcpts) > 0) || (lesson == "" && t.report != "") {
+			t.refused++
+			return s.fail("report_mixed", replyReportAlone, false)
+		}
+		if lesson != "" {
+			t.report = lesson
+			t.t.Rcpts = append(t.t.Rcpts, rc)
+			return nil
+		}
+	}
 	dec := s.srv.runner.Rcpt(s.c.ctx, t.t, rc)
 	switch dec.Action {
 	case verdict.Drop:
@@ -326,6 +343,23 @@ func (s *session) Data(r io.Reader) (err error) {
 		return s.finish(t, nil, "rejected", "header_size", replyHeaderTooBig, size)
 	}
 
+	if t.report != "" {
+		raw, err := readAll(d.Open)
+		abort()
+		if err != nil {
+			t.t.Log.Error("reading report", "err", err)
+			return s.finish(t, nil, "tempfailed", "spool", replyInternal, size)
+		}
+		r := s.srv.deps.Reports.Learn(s.c.ctx, t.t, t.t.Rcpts[0].Domain, t.report, raw)
+		outcome := "learned"
+		switch r.Code / 100 {
+		case 4:
+			outcome = "tempfailed"
+		case 5:
+			outcome = "rejected"
+		}
+		return s.finish(t, nil, outcome, "report", r, size)
+	}
 	msg := &pipeline.Message{Header: parseHeader(hdr), Size: size, Open: d.Open}
 	dec := s.srv.runner.Data(s.c.ctx, t.t, msg)
 	switch dec.Action {
@@ -508,6 +542,16 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 	}
 	env.Prepend = b.String()
 	return env
+}
+
+// readAll reads a whole spooled message.
+func readAll(open func() (io.ReadCloser, error)) ([]byte, error) {
+	rc, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
 }
 
 func validFieldName(n string) bool {

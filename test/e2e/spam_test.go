@@ -146,3 +146,42 @@ func TestQuarantineRelease(t *testing.T) {
 		t.Fatalf("released message body changed:\n%s", raw)
 	}
 }
+
+// TestReports: people forward spam to spam-report@ their domain. A report
+// from a user of the domain, sent from the domain's own servers (SPF
+// pass), teaches the classifier (250, not relayed); one from a stranger
+// or a forged sender is refused with 550 5.7.1; a report must travel
+// alone (452 4.5.3 for a second recipient).
+func TestReports(t *testing.T) {
+	backend := startSink(t, sink.Config{})
+	g := newGateway(t, "  bayes:\n    reports:\n      spam: spam-report\n      ham: ham-report\ndomains:\n"+
+		fmt.Sprintf("  - name: example.test\n    backends: [%q]\n    recipients:\n      mode: table\n      list: [alice]\n", backend.Addr()))
+	g.DNS.Add(t, `example.test. 300 IN TXT "v=spf1 ip4:127.0.0.0/8 -all"`)
+	g.Start()
+	orig := "From: Prize Dept <win@lottery.test>\r\nSubject: You have won\r\nDate: Mon, 23 Nov 2026 09:00:00 +0000\r\n\r\nClaim your prize of one million now.\r\n"
+	report := "From: alice@example.test\r\nTo: spam-report@example.test\r\nSubject: Fwd: You have won\r\nMIME-Version: 1.0\r\n" +
+		"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nthis got through\r\n" +
+		"--b\r\nContent-Type: message/rfc822\r\n\r\n" + orig + "--b--\r\n"
+	reply, err := send(g.SMTP, "alice@example.test", []string{"spam-report@example.test"}, report)
+	if err != nil || !strings.Contains(reply, "learned as spam") {
+		t.Fatalf("report from alice: %q, %v", reply, err)
+	}
+	var se *smtp.SMTPError
+	if _, err := send(g.SMTP, "mallory@example.test", []string{"spam-report@example.test"}, report); !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		t.Fatalf("report from a non-user: %v, want 550 5.7.1", err)
+	}
+	if _, err := send(g.SMTP, "alice@sender.test", []string{"ham-report@example.test"}, report); !errors.As(err, &se) || se.Code != 550 {
+		t.Fatalf("report from another domain: %v, want 550", err)
+	}
+	if _, err := send(g.SMTP, "alice@example.test", []string{"spam-report@example.test", "alice@example.test"}, report); !errors.As(err, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 5, 3}) {
+		t.Fatalf("report with a second recipient: %v, want 452 4.5.3", err)
+	}
+	out, _ := runMoat(t, orig, "classify", "--config", g.cfgPath, "--user", "alice@example.test")
+	if !strings.Contains(out, "0 ham, 1 spam learned") {
+		t.Fatalf("the report did not teach the model:\n%s", out)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if backend.Count() != 0 {
+		t.Fatal("a report was relayed to the backend")
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"moat.dev/moat/internal/message"
 	"moat.dev/moat/internal/message/shared"
 	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/reports"
 	"moat.dev/moat/internal/verdict"
 )
 
@@ -31,11 +32,14 @@ type Config struct {
 	MaxPoints float64 `yaml:"max_points"`
 	// Autolearn: learning from the mail flow by itself (autolearn.go).
 	Autolearn Autolearn `yaml:"autolearn"`
+	// Reports: the learning addresses people forward spam and
+	// wrongly tagged mail to (package reports).
+	Reports reports.Config `yaml:"reports"`
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{Classifier: classify.DefaultConfig(), PerUser: true, MaxPoints: 5.5, Autolearn: DefaultAutolearn()}
+	return Config{Classifier: classify.DefaultConfig(), PerUser: true, MaxPoints: 5.5, Autolearn: DefaultAutolearn(), Reports: reports.DefaultConfig()}
 }
 
 // Validate checks the configuration.
@@ -48,6 +52,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Autolearn.validate(); err != nil {
 		return err
+	}
+	if err := c.Reports.Validate(); err != nil {
+		return fmt.Errorf("reports.%w", err)
 	}
 	return nil
 }
