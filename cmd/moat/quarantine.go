@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"moat.dev/moat/internal/check/clamav"
 	"moat.dev/moat/internal/classify"
 	"moat.dev/moat/internal/message"
+	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/store/sqlstore"
@@ -35,6 +37,9 @@ commands:
                             (password read from stdin)
   user list | user passwd NAME | user del NAME
   partner NAME DOMAIN,...   set the domains of a partner
+  thresholds ADDR [--tag N] [--quarantine N] [--reject N] [--clear]
+                            show or set a recipient's own spam thresholds
+                            (others stay; one never set is the domain's)
 `
 
 // cmdQuarantine inspects and steers the quarantine. Release needs the
@@ -271,6 +276,8 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, driver 
 		return rc
 	case "user", "partner":
 		return runUsers(ctx, db, driver, args, stdin, stdout, stderr)
+	case "thresholds":
+		return runThresholds(ctx, q.Prefs, args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, quarantineUsage)
 	return 2
@@ -428,4 +435,59 @@ func runUsers(ctx context.Context, db *sql.DB, driver string, args []string, std
 	}
 	fmt.Fprint(stderr, quarantineUsage)
 	return 2
+}
+
+// runThresholds shows or sets one recipient's own spam thresholds.
+func runThresholds(ctx context.Context, p *quarantine.Prefs, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("thresholds", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var set policy.Thresholds
+	num := func(name string, dst **float64) {
+		fs.Func(name, name+" score (a number)", func(v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return fmt.Errorf("%q is not a number", v)
+			}
+			*dst = &f
+			return nil
+		})
+	}
+	num("tag", &set.Tag)
+	num("quarantine", &set.Quarantine)
+	num("reject", &set.Reject)
+	clear := fs.Bool("clear", false, "remove the recipient's thresholds (back to the domain's)")
+	if err := fs.Parse(reorder(args)); err != nil || fs.NArg() != 1 || !strings.Contains(fs.Arg(0), "@") {
+		fmt.Fprintln(stderr, "usage: moat quarantine thresholds ADDR [--tag N] [--quarantine N] [--reject N] [--clear]")
+		return 2
+	}
+	rcpt := fs.Arg(0)
+	if *clear || !set.IsZero() {
+		if *clear && !set.IsZero() {
+			fmt.Fprintln(stderr, "moat quarantine thresholds: --clear takes no thresholds")
+			return 2
+		}
+		if !*clear { // the thresholds not given stay as they are
+			cur, err := p.Thresholds(ctx, rcpt)
+			if err != nil {
+				fmt.Fprintln(stderr, "moat quarantine thresholds:", err)
+				return 1
+			}
+			for _, x := range []struct{ dst, v **float64 }{{&set.Tag, &cur.Tag}, {&set.Quarantine, &cur.Quarantine}, {&set.Reject, &cur.Reject}} {
+				if *x.dst == nil {
+					*x.dst = *x.v
+				}
+			}
+		}
+		if err := p.SetThresholds(ctx, rcpt, set, "cli:"+os.Getenv("USER")); err != nil {
+			fmt.Fprintln(stderr, "moat quarantine thresholds:", err)
+			return 2
+		}
+	}
+	t, err := p.Thresholds(ctx, rcpt)
+	if err != nil {
+		fmt.Fprintln(stderr, "moat quarantine thresholds:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s %s\n", strings.ToLower(rcpt), t)
+	return 0
 }

@@ -29,6 +29,7 @@ import (
 	"moat.dev/moat/internal/milter"
 	"moat.dev/moat/internal/passmark"
 	"moat.dev/moat/internal/pipeline"
+	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/queue"
 	"moat.dev/moat/internal/relay"
@@ -148,6 +149,7 @@ func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 		Log:        a.log.With("component", "smtpd"),
 		Metrics:    a.reg,
 		Reports:    a.reports,
+		Thresholds: a.thresholds,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("smtp: %w", err)
@@ -313,6 +315,15 @@ func (a *App) close() {
 		a.closers[i].Close()
 	}
 	a.closers = nil
+}
+
+// thresholds are a recipient's own spam thresholds, kept with the
+// quarantine's preferences.
+func (a *App) thresholds(ctx context.Context, rcpt string) (policy.Thresholds, error) {
+	if a.quar == nil {
+		return policy.Thresholds{}, nil
+	}
+	return a.quar.Prefs.Thresholds(ctx, rcpt)
 }
 
 // spoolAdapter lets the SMTP server write into the queue.

@@ -142,6 +142,10 @@ type Rcpt struct {
 	Addr   Address
 	Domain string // the configured customer domain it belongs to
 	Report *verdict.Report
+	// Own are the recipient's own score thresholds (zero: the domain's).
+	// The recipients of one transaction share them (the session defers
+	// a recipient whose differ), so the first one's apply at DATA.
+	Own policy.Thresholds
 }
 
 // Txn is one mail transaction (MAIL ... DATA) on a connection.

@@ -144,13 +144,15 @@ func (r *Runner) Rcpt(ctx context.Context, tx *Txn, rc *Rcpt) policy.Decision {
 }
 
 // Data runs the content checks in two tiers and decides under the policy
-// of the transaction's domain (one policy group per transaction).
+// of the transaction's domain (one policy group per transaction), with
+// the recipients' own thresholds (Rcpt.Own).
 func (r *Runner) Data(ctx context.Context, tx *Txn, m *Message) policy.Decision {
 	domain := ""
+	var own policy.Thresholds
 	if len(tx.Rcpts) > 0 {
-		domain = tx.Rcpts[0].Domain
+		domain, own = tx.Rcpts[0].Domain, tx.Rcpts[0].Own
 	}
-	pol := r.policy(domain)
+	pol := r.policy(domain).With(own)
 	call := func(ctx context.Context, x DataChecker) verdict.Result { return x.CheckData(ctx, tx, m) }
 	runAll(ctx, r, pol, r.data1, tx.Report, call)
 	runAll(ctx, r, pol, r.data2, tx.Report, call)

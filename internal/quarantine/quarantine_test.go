@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"moat.dev/moat/internal/clamd"
+	"moat.dev/moat/internal/policy"
 	"moat.dev/moat/internal/quarantine"
 	"moat.dev/moat/internal/quarantine/qtest"
 	"moat.dev/moat/internal/sink"
@@ -496,4 +497,44 @@ func FuzzParseLink(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestThresholds(t *testing.T) { backends(t, testThresholds) }
+
+// testThresholds: a recipient's own thresholds are stored, read back
+// (case-insensitive address), replaced, validated and removed, on both
+// databases.
+func testThresholds(t *testing.T, driver string) {
+	e := newEnv(t, driver, false)
+	ctx := context.Background()
+	p := e.q.Prefs
+	if th, err := p.Thresholds(ctx, "alice@a.example"); err != nil || !th.IsZero() {
+		t.Fatalf("unset: %+v, %v", th, err)
+	}
+	f := func(v float64) *float64 { return &v }
+	if err := p.SetThresholds(ctx, "Alice@A.example", policy.Thresholds{Tag: f(3), Reject: f(20)}, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	th, err := p.Thresholds(ctx, "alice@a.example")
+	if err != nil || !th.Equal(policy.Thresholds{Tag: f(3), Reject: f(20)}) {
+		t.Fatalf("read back %s, %v", th, err)
+	}
+	if err := p.SetThresholds(ctx, "alice@a.example", policy.Thresholds{Tag: f(8), Quarantine: f(4)}, "alice"); err == nil {
+		t.Fatal("quarantine below tag accepted")
+	}
+	if th, _ := p.Thresholds(ctx, "alice@a.example"); !th.Equal(policy.Thresholds{Tag: f(3), Reject: f(20)}) {
+		t.Fatalf("a refused change altered the thresholds: %s", th)
+	}
+	if err := p.SetThresholds(ctx, "alice@a.example", policy.Thresholds{Quarantine: f(7)}, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if th, _ := p.Thresholds(ctx, "alice@a.example"); !th.Equal(policy.Thresholds{Quarantine: f(7)}) {
+		t.Fatalf("replaced: %s", th)
+	}
+	if err := p.SetThresholds(ctx, "alice@a.example", policy.Thresholds{}, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	if th, _ := p.Thresholds(ctx, "alice@a.example"); !th.IsZero() {
+		t.Fatalf("cleared: %s", th)
+	}
 }

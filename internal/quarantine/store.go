@@ -191,6 +191,14 @@ var sqliteSchema = []string{
 		by TEXT NOT NULL,
 		PRIMARY KEY (rcpt, sender)
 	)`,
+	`CREATE TABLE IF NOT EXISTS q_thresholds (
+		rcpt TEXT PRIMARY KEY,
+		tag REAL,
+		quarantine REAL,
+		reject REAL,
+		updated INTEGER NOT NULL,
+		by TEXT NOT NULL
+	)`,
 	`CREATE TABLE IF NOT EXISTS q_links_used (
 		hash TEXT PRIMARY KEY,
 		used INTEGER NOT NULL,
@@ -249,6 +257,14 @@ var postgresSchema = []string{
 		created BIGINT NOT NULL,
 		by TEXT NOT NULL,
 		PRIMARY KEY (rcpt, sender)
+	)`,
+	`CREATE TABLE IF NOT EXISTS q_thresholds (
+		rcpt TEXT PRIMARY KEY,
+		tag DOUBLE PRECISION,
+		quarantine DOUBLE PRECISION,
+		reject DOUBLE PRECISION,
+		updated BIGINT NOT NULL,
+		by TEXT NOT NULL
 	)`,
 	`CREATE TABLE IF NOT EXISTS q_links_used (
 		hash TEXT PRIMARY KEY,

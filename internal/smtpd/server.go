@@ -74,6 +74,9 @@ type Deps struct {
 	// Reports consumes mail to the classifier's learning addresses
 	// (package reports); nil: there are none.
 	Reports ReportSink
+	// Thresholds returns a recipient's own score thresholds (people's
+	// settings, package quarantine); nil: everyone has the domain's.
+	Thresholds func(ctx context.Context, rcpt string) (policy.Thresholds, error)
 }
 
 // ReportSink learns from reports sent to learning addresses instead of

@@ -240,12 +240,30 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 		}
 		return s.fail("policy", r, false)
 	}
+	if th := s.srv.deps.Thresholds; th != nil {
+		own, err := th(s.c.ctx, pa.Addr.String())
+		if err != nil {
+			t.refused++
+			t.t.Log.Warn("thresholds lookup failed", "rcpt", pa.Addr.String(), "err", err)
+			return s.fail("prefs_store", replyInternal, false)
+		}
+		// One decision per transaction: a recipient whose own spam
+		// thresholds differ from the first recipient's is deferred, and
+		// the client sends it in a transaction of its own.
+		if len(t.t.Rcpts) > 0 && !t.t.Rcpts[0].Own.Equal(own) {
+			t.refused++
+			return s.fail("policy_split", replyPolicySplit, false)
+		}
+		rc.Own = own
+	}
 	// Several customer domains may share a transaction: DATA is decided
 	// under the first recipient's domain's policy (Runner.Data does so),
 	// and the queue splits deliveries per domain.
 	t.t.Rcpts = append(t.t.Rcpts, rc)
 	return nil
 }
+
+var replyPolicySplit = verdict.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Text: "Recipient has its own spam settings: send it in a separate transaction"}
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
@@ -526,7 +544,7 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 	// working: X-Spam-Flag (when tagged), X-Spam-Score, -Level, -Status.
 	required := 5.0
 	if s.srv.runner != nil && len(t.t.Rcpts) > 0 {
-		required = s.srv.runner.Policy(t.t.Rcpts[0].Domain).TagScore
+		required = s.srv.runner.Policy(t.t.Rcpts[0].Domain).With(t.t.Rcpts[0].Own).TagScore
 	}
 	for _, f := range spamhdr.SpamHeaders(dec.Score, required, syms, dec.Autolearn) {
 		if f.Name == "X-Spam-Flag" && !tagged {

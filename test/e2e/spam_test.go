@@ -185,3 +185,47 @@ func TestReports(t *testing.T) {
 		t.Fatal("a report was relayed to the backend")
 	}
 }
+
+// TestUserThresholds: a recipient's own tag threshold (set with moat
+// quarantine thresholds) tags mail the domain's threshold lets through;
+// another recipient of the same domain keeps the domain's; and a
+// transaction mixing the two defers the second with 452 4.5.3, so each
+// gets its own decision.
+func TestUserThresholds(t *testing.T) {
+	backend := startSink(t, sink.Config{})
+	g := newGateway(t, "domains:\n"+domainYAML("example.test", backend.Addr(), ""))
+	if out, code := g.moat("quarantine", "--config", g.cfgPath, "thresholds", "alice@example.test", "--tag", "0.5"); code != 0 || !strings.Contains(out, "tag=0.5") {
+		t.Fatalf("setting alice's threshold: exit %d: %s", code, out)
+	}
+	g.Start()
+	// No Date field: NO_DATE, 1 point. Under alice's 0.5, not under the domain's 5.
+	msg := func(to string) string {
+		return "From: someone@sender.test\r\nTo: " + to + "\r\nSubject: hello\r\nMessage-ID: <t1@sender.test>\r\n\r\nhello there\r\n"
+	}
+	for _, to := range []string{"alice@example.test", "bob@example.test"} {
+		if _, err := send(g.SMTP, "someone@sender.test", []string{to}, msg(to)); err != nil {
+			t.Fatalf("to %s: %v", to, err)
+		}
+	}
+	var se *smtp.SMTPError
+	_, err := send(g.SMTP, "someone@sender.test", []string{"alice@example.test", "bob@example.test"}, msg("alice@example.test"))
+	if !errors.As(err, &se) || se.Code != 452 || se.EnhancedCode != (smtp.EnhancedCode{4, 5, 3}) {
+		t.Fatalf("mixed transaction: %v, want bob deferred with 452 4.5.3", err)
+	}
+	if !backend.Wait(2, 20*time.Second) {
+		t.Fatalf("%d of 2 messages delivered", backend.Count())
+	}
+	tagged := map[string]bool{}
+	for _, f := range backend.Messages() {
+		env, raw, err := sink.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rc := range env.Rcpts {
+			tagged[rc] = bytes.Contains(raw, []byte("Subject: [SPAM] hello")) && bytes.Contains(raw, []byte("X-Spam-Status: Yes, score=1.0 required=0.5"))
+		}
+	}
+	if !tagged["alice@example.test"] || tagged["bob@example.test"] || len(tagged) != 2 {
+		t.Fatalf("tagged per recipient: %v; want alice only", tagged)
+	}
+}

@@ -1,0 +1,62 @@
+package quarantine
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+
+	"moat.dev/moat/internal/policy"
+	"moat.dev/moat/internal/store/sqlstore"
+)
+
+// SetThresholds stores rcpt's thresholds; all nil removes them.
+func (p *Prefs) SetThresholds(ctx context.Context, rcpt string, t policy.Thresholds, by string) error {
+	rcpt = normSender(rcpt)
+	if rcpt == "" {
+		return errors.New("quarantine: empty recipient")
+	}
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	r := func(q string) string { return sqlstore.Rebind(p.q.driver, q) }
+	var err error
+	if t.IsZero() {
+		_, err = p.db.ExecContext(ctx, r(`DELETE FROM q_thresholds WHERE rcpt=?`), rcpt)
+	} else {
+		_, err = p.db.ExecContext(ctx, r(`INSERT INTO q_thresholds(rcpt, tag, quarantine, reject, updated, by) VALUES (?,?,?,?,?,?)
+			ON CONFLICT(rcpt) DO UPDATE SET tag=excluded.tag, quarantine=excluded.quarantine, reject=excluded.reject, updated=excluded.updated, by=excluded.by`),
+			rcpt, nullable(t.Tag), nullable(t.Quarantine), nullable(t.Reject), p.now().Unix(), by)
+	}
+	if err == nil {
+		p.q.audit(ctx, p.db, p.now(), "", "", "thresholds", by, rcpt+" "+t.String())
+	}
+	return err
+}
+
+// Thresholds returns rcpt's thresholds (zero when none are set).
+func (p *Prefs) Thresholds(ctx context.Context, rcpt string) (policy.Thresholds, error) {
+	var tag, quar, rej sql.NullFloat64
+	err := p.db.QueryRowContext(ctx, sqlstore.Rebind(p.q.driver, `SELECT tag, quarantine, reject FROM q_thresholds WHERE rcpt=?`),
+		normSender(rcpt)).Scan(&tag, &quar, &rej)
+	if errors.Is(err, sql.ErrNoRows) {
+		return policy.Thresholds{}, nil
+	}
+	if err != nil {
+		return policy.Thresholds{}, err
+	}
+	ptr := func(n sql.NullFloat64) *float64 {
+		if !n.Valid {
+			return nil
+		}
+		v := n.Float64
+		return &v
+	}
+	return policy.Thresholds{Tag: ptr(tag), Quarantine: ptr(quar), Reject: ptr(rej)}, nil
+}
+
+func nullable(v *float64) any {
+	if v == nil {
+		return nil
+	}
+	return *v
+}
