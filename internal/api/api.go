@@ -100,6 +100,9 @@ type Deps struct {
 	// SitePolicy is the site policy domain overrides are applied to when
 	// they are validated. Default policy.Default().
 	SitePolicy *policy.Policy
+	// Settings keeps people's own spam thresholds; without it their
+	// endpoints answer 503.
+	Settings   UserSettings
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -179,6 +182,7 @@ func (a *API) routes() {
 	a.handle("domains/{name}/policy", methods{"GET": a.getPolicy, "PUT": a.putPolicy, "DELETE": a.deletePolicy})
 	a.handle("domains/{name}/recipients", methods{"GET": a.listRecipients, "POST": a.addRecipient, "PUT": a.replaceRecipients})
 	a.handle("domains/{name}/recipients/{local}", methods{"GET": a.getRecipient, "DELETE": a.deleteRecipient})
+	a.handle("domains/{name}/recipients/{local}/thresholds", methods{"GET": a.getThresholds, "PUT": a.putThresholds, "DELETE": a.deleteThresholds})
 	a.handle("queue", methods{"GET": a.listQueue})
 	a.handle("queue/retry", methods{"POST": a.retryDomain})
 	a.handle("queue/{id}", methods{"GET": a.showQueued, "DELETE": a.deleteQueued})

@@ -69,8 +69,12 @@ func (a *App) buildAdmin(ctx context.Context) error {
 		a.webHandler = h
 	}
 	sp := cfg.Policy
-	apiH, err := api.New(cfg.API, api.Deps{Store: a.store, Queue: a.queue, Tracker: a.tracker, SitePolicy: &sp,
-		Log: a.log.With("component", "api"), Registerer: a.reg})
+	deps := api.Deps{Store: a.store, Queue: a.queue, Tracker: a.tracker, SitePolicy: &sp,
+		Log: a.log.With("component", "api"), Registerer: a.reg}
+	if a.quar != nil {
+		deps.Settings = a.quar.Prefs
+	}
+	apiH, err := api.New(cfg.API, deps)
 	if err != nil {
 		return fmt.Errorf("api: %w", err)
 	}

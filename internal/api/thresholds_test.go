@@ -1,0 +1,70 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"moat.dev/moat/internal/quarantine"
+)
+
+// TestThresholds: people's own thresholds through the API, stored where
+// the quarantine UI and the gateway read them; validation names the
+// field; a domain token cannot reach another domain's recipients.
+func TestThresholds(t *testing.T) {
+	ctx := context.Background()
+	st := openStore(t)
+	if err := quarantine.MigrateDriver(ctx, st.DB(), st.Driver()); err != nil {
+		t.Fatal(err)
+	}
+	prefs := quarantine.NewPrefsDriver(st.DB(), st.Driver())
+	cfg := DefaultConfig()
+	cfg.AuthFailureBurst = 1000
+	a, err := New(cfg, Deps{Store: st, Settings: prefs, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(Prefix, a)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	site, err := CreateToken(ctx, st, "site", "root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, srv: srv, api: a, st: st, site: site}
+	e.want(e.do(site, "POST", "/domains", domainBody("t.test", "", "mx.t.test")), 201, "domain")
+	e.want(e.do(site, "POST", "/domains", domainBody("u.test", "", "mx.u.test")), 201, "domain")
+
+	var got ThresholdsJSON
+	e.do(site, "GET", "/domains/t.test/recipients/alice/thresholds", nil).decode(t, &got)
+	if got.TagScore != nil || got.QuarantineScore != nil || got.RejectScore != nil {
+		t.Fatalf("unset: %+v", got)
+	}
+	r := e.do(site, "PUT", "/domains/t.test/recipients/Alice/thresholds", `{"tag_score": 3, "reject_score": 20}`)
+	e.want(r, 200, "put")
+	r.decode(t, &got)
+	if got.TagScore == nil || *got.TagScore != 3 || got.QuarantineScore != nil || *got.RejectScore != 20 {
+		t.Fatalf("put answered %s", r.body)
+	}
+	if th, err := prefs.Thresholds(ctx, "alice@t.test"); err != nil || th.Tag == nil || *th.Tag != 3 {
+		t.Fatalf("stored %s, %v", th, err)
+	}
+	r = e.do(site, "PUT", "/domains/t.test/recipients/alice/thresholds", `{"tag_score": 8, "quarantine_score": 4}`)
+	e.want(r, 400, "quarantine below tag")
+	if !strings.Contains(r.err(), "quarantine_score: 4 is below tag") {
+		t.Errorf("error %q does not name the field", r.err())
+	}
+	e.want(e.do(site, "PUT", "/domains/t.test/recipients/alice/thresholds", `{"tag": 3}`), 400, "unknown field")
+	e.want(e.do(site, "PUT", "/domains/t.test/recipients/a%20b/thresholds", `{"tag_score": 3}`), 400, "bad local part")
+	other := e.token("domain:u.test")
+	e.want(e.do(other, "GET", "/domains/t.test/recipients/alice/thresholds", nil), 404, "another domain's recipient")
+	e.want(e.do(site, "DELETE", "/domains/t.test/recipients/alice/thresholds", nil), 204, "delete")
+	if th, _ := prefs.Thresholds(ctx, "alice@t.test"); !th.IsZero() {
+		t.Fatalf("after delete: %s", th)
+	}
+}
