@@ -41,6 +41,7 @@ type PolicyJSON struct {
 	QuarantineScore *float64             `json:"quarantine_score,omitempty"`
 	RejectScore     *float64             `json:"reject_score,omitempty"`
 	Appeal          *string              `json:"appeal,omitempty"`
+	SubjectTag      *string              `json:"subject_tag,omitempty"`
 }
 
 // LayerJSON is the policy of one check.
@@ -61,6 +62,7 @@ type storedPolicy struct {
 	QuarantineScore *float64                `json:",omitempty"`
 	RejectScore     *float64                `json:",omitempty"`
 	Appeal          *string                 `json:",omitempty"`
+	SubjectTag      *string                 `json:",omitempty"`
 }
 
 var layerNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
@@ -91,7 +93,7 @@ func parsePolicy(raw json.RawMessage, site *policy.Policy) (string, error) {
 		}
 		pj.Layers[name] = l
 	}
-	sp := storedPolicy{TagScore: pj.TagScore, QuarantineScore: pj.QuarantineScore, RejectScore: pj.RejectScore, Appeal: pj.Appeal}
+	sp := storedPolicy{TagScore: pj.TagScore, QuarantineScore: pj.QuarantineScore, RejectScore: pj.RejectScore, Appeal: pj.Appeal, SubjectTag: pj.SubjectTag}
 	eff := *site
 	eff.Layers = map[string]policy.Layer{}
 	for k, v := range site.Layers {
@@ -129,10 +131,13 @@ func parsePolicy(raw json.RawMessage, site *policy.Policy) (string, error) {
 	if pj.Appeal != nil {
 		eff.Appeal = *pj.Appeal
 	}
+	if pj.SubjectTag != nil {
+		eff.SubjectTag = *pj.SubjectTag
+	}
 	if err := eff.Validate(); err != nil {
 		return "", badRequest("policy.%v", err)
 	}
-	if sp.Layers == nil && sp.TagScore == nil && sp.QuarantineScore == nil && sp.RejectScore == nil && sp.Appeal == nil {
+	if sp.Layers == nil && sp.TagScore == nil && sp.QuarantineScore == nil && sp.RejectScore == nil && sp.Appeal == nil && sp.SubjectTag == nil {
 		return "", nil
 	}
 	b, err := json.Marshal(sp)
@@ -148,7 +153,7 @@ func policyOut(stored string) (*PolicyJSON, error) {
 	if err := json.Unmarshal([]byte(stored), &sp); err != nil {
 		return nil, fmt.Errorf("stored policy: %w", err)
 	}
-	pj := &PolicyJSON{TagScore: sp.TagScore, QuarantineScore: sp.QuarantineScore, RejectScore: sp.RejectScore, Appeal: sp.Appeal}
+	pj := &PolicyJSON{TagScore: sp.TagScore, QuarantineScore: sp.QuarantineScore, RejectScore: sp.RejectScore, Appeal: sp.Appeal, SubjectTag: sp.SubjectTag}
 	if len(sp.Layers) > 0 {
 		pj.Layers = map[string]LayerJSON{}
 		for k, l := range sp.Layers {

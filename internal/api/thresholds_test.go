@@ -68,3 +68,22 @@ func TestThresholds(t *testing.T) {
 		t.Fatalf("after delete: %s", th)
 	}
 }
+
+// TestSubjectTagPolicy: a domain's subject tag is part of its policy
+// override, validated like the rest.
+func TestSubjectTagPolicy(t *testing.T) {
+	e := setup(t, nil)
+	e.want(e.do(e.site, "POST", "/domains", domainBody("s.test", "", "mx.s.test")), 201, "domain")
+	r := e.do(e.site, "PUT", "/domains/s.test/policy", `{"subject_tag": "[JUNK]"}`)
+	e.want(r, 200, "put")
+	var pj PolicyJSON
+	e.do(e.site, "GET", "/domains/s.test/policy", nil).decode(t, &pj)
+	if pj.SubjectTag == nil || *pj.SubjectTag != "[JUNK]" {
+		t.Fatalf("policy %+v", pj)
+	}
+	r = e.do(e.site, "PUT", "/domains/s.test/policy", `{"subject_tag": "a\u0007b"}`)
+	e.want(r, 400, "control character")
+	if !strings.Contains(r.err(), "subject_tag") {
+		t.Errorf("error %q does not name subject_tag", r.err())
+	}
+}

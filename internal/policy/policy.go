@@ -7,6 +7,8 @@ package policy
 import (
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"moat.dev/moat/internal/verdict"
 )
@@ -60,13 +62,17 @@ type Policy struct {
 	// KeepRejected also keeps a quarantine copy of mail refused for its
 	// score at the end of DATA (never of viruses or other hard verdicts).
 	KeepRejected bool `yaml:"keep_rejected"`
+	// SubjectTag is put in front of the subject of tagged mail (with a
+	// space after it); "" leaves the subject alone (X-Spam-Flag still
+	// says YES). Default "[SPAM]".
+	SubjectTag string `yaml:"subject_tag"`
 }
 
 // Default returns the safe defaults: every layer in reject mode (hard
 // verdicts such as unknown users are applied), tag at 5, quarantine at 10,
 // reject at 15.
 func Default() *Policy {
-	return &Policy{Layers: map[string]Layer{}, TagScore: 5, QuarantineScore: 10, RejectScore: 15}
+	return &Policy{Layers: map[string]Layer{}, TagScore: 5, QuarantineScore: 10, RejectScore: 15, SubjectTag: "[SPAM]"}
 }
 
 // Layer returns the policy of the named check, defaulting to reject mode
@@ -101,6 +107,9 @@ func (p *Policy) Validate() error {
 	if !(p.TagScore <= p.QuarantineScore && p.QuarantineScore <= p.RejectScore) {
 		return fmt.Errorf("thresholds: need tag_score <= quarantine_score <= reject_score, have %v, %v, %v",
 			p.TagScore, p.QuarantineScore, p.RejectScore)
+	}
+	if len(p.SubjectTag) > 64 || !utf8.ValidString(p.SubjectTag) || strings.IndexFunc(p.SubjectTag, unicode.IsControl) >= 0 {
+		return fmt.Errorf("subject_tag: %q must be at most 64 bytes of UTF-8 text without control characters", p.SubjectTag)
 	}
 	return nil
 }

@@ -29,3 +29,13 @@ func TestThresholds(t *testing.T) {
 		t.Fatal("Equal")
 	}
 }
+
+func TestSubjectTagValidate(t *testing.T) {
+	for tag, ok := range map[string]bool{"[SPAM]": true, "": true, "***JUNK***": true, "[SP\r\nAM]": false, string(make([]byte, 65)): false, "\xff": false} {
+		p := Default()
+		p.SubjectTag = tag
+		if err := p.Validate(); (err == nil) != ok {
+			t.Errorf("subject_tag %q: %v", tag, err)
+		}
+	}
+}

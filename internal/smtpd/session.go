@@ -542,10 +542,11 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 	}
 	// SpamAssassin-compatible fields, so existing Sieve/procmail rules keep
 	// working: X-Spam-Flag (when tagged), X-Spam-Score, -Level, -Status.
-	required := 5.0
+	pol := policy.Default()
 	if s.srv.runner != nil && len(t.t.Rcpts) > 0 {
-		required = s.srv.runner.Policy(t.t.Rcpts[0].Domain).With(t.t.Rcpts[0].Own).TagScore
+		pol = s.srv.runner.Policy(t.t.Rcpts[0].Domain).With(t.t.Rcpts[0].Own)
 	}
+	required := pol.TagScore
 	for _, f := range spamhdr.SpamHeaders(dec.Score, required, syms, dec.Autolearn) {
 		if f.Name == "X-Spam-Flag" && !tagged {
 			continue
@@ -555,8 +556,8 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 	if tagged && !strings.Contains(b.String(), "X-Spam-Flag:") {
 		writeField(&b, "X-Spam-Flag", "YES")
 	}
-	if dec.Action == verdict.Tag {
-		env.SubjectPrefix = "[SPAM] "
+	if dec.Action == verdict.Tag && pol.SubjectTag != "" {
+		env.SubjectPrefix = pol.SubjectTag + " "
 	}
 	env.Prepend = b.String()
 	return env

@@ -187,13 +187,14 @@ func TestReports(t *testing.T) {
 }
 
 // TestUserThresholds: a recipient's own tag threshold (set with moat
-// quarantine thresholds) tags mail the domain's threshold lets through;
+// quarantine thresholds) tags mail (with the domain's subject tag)
+// the domain's threshold lets through;
 // another recipient of the same domain keeps the domain's; and a
 // transaction mixing the two defers the second with 452 4.5.3, so each
 // gets its own decision.
 func TestUserThresholds(t *testing.T) {
 	backend := startSink(t, sink.Config{})
-	g := newGateway(t, "domains:\n"+domainYAML("example.test", backend.Addr(), ""))
+	g := newGateway(t, "domains:\n"+domainYAML("example.test", backend.Addr(), "    policy:\n      subject_tag: \"[JUNK]\"\n"))
 	if out, code := g.moat("quarantine", "--config", g.cfgPath, "thresholds", "alice@example.test", "--tag", "0.5"); code != 0 || !strings.Contains(out, "tag=0.5") {
 		t.Fatalf("setting alice's threshold: exit %d: %s", code, out)
 	}
@@ -222,7 +223,7 @@ func TestUserThresholds(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, rc := range env.Rcpts {
-			tagged[rc] = bytes.Contains(raw, []byte("Subject: [SPAM] hello")) && bytes.Contains(raw, []byte("X-Spam-Status: Yes, score=1.0 required=0.5"))
+			tagged[rc] = bytes.Contains(raw, []byte("Subject: [JUNK] hello")) && bytes.Contains(raw, []byte("X-Spam-Status: Yes, score=1.0 required=0.5"))
 		}
 	}
 	if !tagged["alice@example.test"] || tagged["bob@example.test"] || len(tagged) != 2 {
