@@ -47,7 +47,11 @@ var openStore = func(t *testing.T) store.Store {
 	return st
 }
 
-func setup(t *testing.T, mod func(*Config)) *env {
+func setup(t *testing.T, mod func(*Config)) *env { return setupWith(t, mod, nil) }
+
+// setupWith is setup with a last say over the API's Deps (on the store
+// the env uses).
+func setupWith(t *testing.T, mod func(*Config), deps func(store.Store, *Deps)) *env {
 	t.Helper()
 	ctx := context.Background()
 	st := openStore(t)
@@ -83,7 +87,11 @@ func setup(t *testing.T, mod func(*Config)) *env {
 	if mod != nil {
 		mod(&cfg)
 	}
-	a, err := New(cfg, Deps{Store: st, Queue: q, Tracker: tr, Registerer: prometheus.NewRegistry()})
+	d := Deps{Store: st, Queue: q, Tracker: tr, Registerer: prometheus.NewRegistry()}
+	if deps != nil {
+		deps(st, &d)
+	}
+	a, err := New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,14 +2,11 @@ package api
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"moat.dev/moat/internal/quarantine"
+	"moat.dev/moat/internal/store"
 )
 
 // TestThresholds: people's own thresholds through the API, stored where
@@ -17,26 +14,15 @@ import (
 // field; a domain token cannot reach another domain's recipients.
 func TestThresholds(t *testing.T) {
 	ctx := context.Background()
-	st := openStore(t)
-	if err := quarantine.MigrateDriver(ctx, st.DB(), st.Driver()); err != nil {
-		t.Fatal(err)
-	}
-	prefs := quarantine.NewPrefsDriver(st.DB(), st.Driver())
-	cfg := DefaultConfig()
-	cfg.AuthFailureBurst = 1000
-	a, err := New(cfg, Deps{Store: st, Settings: prefs, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle(Prefix, a)
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
-	site, err := CreateToken(ctx, st, "site", "root")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{t: t, srv: srv, api: a, st: st, site: site}
+	var prefs *quarantine.Prefs
+	e := setupWith(t, nil, func(st store.Store, d *Deps) {
+		if err := quarantine.MigrateDriver(ctx, st.DB(), st.Driver()); err != nil {
+			t.Fatal(err)
+		}
+		prefs = quarantine.NewPrefsDriver(st.DB(), st.Driver())
+		d.Settings = prefs
+	})
+	site := e.site
 	e.want(e.do(site, "POST", "/domains", domainBody("t.test", "", "mx.t.test")), 201, "domain")
 	e.want(e.do(site, "POST", "/domains", domainBody("u.test", "", "mx.u.test")), 201, "domain")
 
