@@ -26,7 +26,7 @@ import (
 // navLink is one entry of the console's navigation.
 type navLink struct{ Path, Label string }
 
-var sections = []string{"/leakage", "/tracking", "/stats"}
+var sections = []string{"/leakage", "/tracking", "/stats", "/settings"}
 
 // section maps a request path to its navigation entry.
 func section(path string) string {

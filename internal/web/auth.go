@@ -243,6 +243,13 @@ var flashes = map[string]flash{
 	"virus":      {"error", "%d message(s) contain a virus and were not released."},
 	"failed":     {"error", "%d message(s) could not be processed. Please try again later."},
 	"noneselect": {"warn", "Select at least one message first.%.0d"},
+
+	"thresholds":      {"ok", "Spam thresholds saved.%.0d"},
+	"thresholdsreset": {"ok", "Spam thresholds reset: the domain's defaults apply.%.0d"},
+	"allowadded":      {"ok", "Sender added to the allow list.%.0d"},
+	"blockadded":      {"ok", "Sender added to the block list.%.0d"},
+	"senderremoved":   {"ok", "Sender removed from the list.%.0d"},
+	"notlisted":       {"warn", "That sender is not on the list (any more).%.0d"},
 }
 
 func (s *server) setFlash(w http.ResponseWriter, code string, n int) {

@@ -2,8 +2,9 @@
 // server-rendered pages (html/template, embedded assets, no CDN), login
 // with argon2id-hashed passwords, server-side sessions, CSRF tokens on
 // every state-changing form, login rate limiting, a strict
-// Content-Security-Policy, a safe message preview, and the confirmation
-// pages of the one-click digest links.
+// Content-Security-Policy, a safe message preview, the confirmation
+// pages of the one-click digest links, and the spam settings page (own
+// score thresholds, personal sender allow and block lists).
 //
 // It touches only the quarantine Store and the users Store, so it can run
 // in a separate, less-privileged process later.
@@ -194,6 +195,10 @@ func New(cfg Config, deps Deps) (http.Handler, error) {
 	mux.HandleFunc("GET /quarantine/{id}/body", s.authed(s.body))
 	mux.HandleFunc("POST /quarantine/{id}/{action}", s.authed(s.act))
 	mux.HandleFunc("POST /quarantine/bulk", s.authed(s.bulk))
+	mux.HandleFunc("GET /settings", s.authed(s.settings))
+	mux.HandleFunc("POST /settings/thresholds", s.authed(s.thresholdsPost))
+	mux.HandleFunc("POST /settings/senders", s.authed(s.sendersPost))
+	mux.HandleFunc("POST /settings/senders/remove", s.authed(s.senderRemovePost))
 	s.adminRoutes(mux)
 	mux.HandleFunc("GET /l/{token}", s.linkPage)
 	mux.HandleFunc("POST /l/{token}", s.linkPost)
@@ -268,7 +273,7 @@ var funcs = template.FuncMap{
 
 func (s *server) parseTemplates() error {
 	s.pages = map[string]*template.Template{}
-	for _, p := range []string{"login", "list", "show", "link", "message", "leakage", "tracking", "track", "stats"} {
+	for _, p := range []string{"login", "list", "show", "link", "message", "leakage", "tracking", "track", "stats", "settings"} {
 		t, err := template.New("layout.html").Funcs(funcs).Funcs(consoleFuncs).ParseFS(templateFS, "templates/layout.html", "templates/"+p+".html")
 		if err != nil {
 			return fmt.Errorf("web: template %s: %w", p, err)
@@ -287,7 +292,7 @@ type page struct {
 	Flash   *flash
 	Data    any
 	Nav     []navLink // the console's links, for administrators
-	Active  string    // the current section's path ("/quarantine", "/leakage", ...)
+	Active  string    // the current section's path ("/quarantine", "/leakage", "/settings", ...)
 }
 
 func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {
