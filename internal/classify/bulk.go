@@ -10,26 +10,44 @@ import (
 	"moat.dev/moat/internal/message"
 )
 
-// lessonFeatures are one message's features for a classifier (and its
-// word model), extracted ahead of learning.
+// lessonFeatures are one message's feature keys for a classifier (and
+// its word model), extracted ahead of learning.
 type lessonFeatures struct {
-	fs, wf []Feature
-	fp     [32]byte
+	keys, wkeys []uint64
+	fp          [32]byte
 }
 
 // lessonFeatures extracts what Learn extracts from m. It only reads c's
 // configuration: safe to call from many goroutines.
 func (c *Classifier) lessonFeatures(m *message.Message) lessonFeatures {
-	f := lessonFeatures{fs: c.Features(m, false), fp: m.Fingerprint}
+	f := lessonFeatures{fp: m.Fingerprint}
 	if c.words != nil {
-		f.wf = Extract(m, c.words.fs, false)
+		f.keys = c.featureKeys(m, len(stackKeys))
+		f.wkeys = c.words.featureKeys(m, 0)
+	} else {
+		f.keys = c.featureKeys(m, 0)
 	}
 	return f
 }
 
+// featureKeys returns the keys of m's features, with room for extra
+// more. Only the keys are kept: the features are extracted into a
+// reused buffer (a few thousand per message, the bulk of what a message
+// being learned would hold).
+func (c *Classifier) featureKeys(m *message.Message, extra int) []uint64 {
+	bp := featureBufs.Get().(*[]Feature)
+	fs := extract(m, c.fs, false, (*bp)[:0])
+	keys := c.keysExtra(fs, extra)
+	*bp = fs
+	featureBufs.Put(bp)
+	return keys
+}
+
+var featureBufs = sync.Pool{New: func() any { return new([]Feature) }}
+
 // learnFeatures is Learn with the features extracted already.
 func (l *Learner) learnFeatures(ctx context.Context, user string, f lessonFeatures, label Label) (LearnOutcome, error) {
-	out, err := l.c.learn(ctx, user, f.fs, f.wf, f.fp, label)
+	out, err := l.c.learn(ctx, user, f.keys, f.wkeys, f.fp, label)
 	if err != nil && l.ov != nil {
 		l.ov = newOverlay(l.ov.base) // a lesson may be half learned: drop the batch
 		l.c = l.direct.withStore(l.ov)

@@ -322,7 +322,7 @@ func (o LearnOutcome) String() string {
 // the opposite label moves it.
 func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
 	f := c.lessonFeatures(m)
-	return c.learn(ctx, user, f.fs, f.wf, f.fp, label)
+	return c.learn(ctx, user, f.keys, f.wkeys, f.fp, label)
 }
 
 // Correct is a person's correction of a message: a lesson for user's
@@ -332,7 +332,7 @@ func (c *Classifier) Learn(ctx context.Context, user string, m *message.Message,
 // learn it too.
 func (c *Classifier) Correct(ctx context.Context, user string, m *message.Message, label Label) (LearnOutcome, error) {
 	f := c.lessonFeatures(m)
-	out, err := c.learn(ctx, user, f.fs, f.wf, f.fp, label)
+	out, err := c.learn(ctx, user, f.keys, f.wkeys, f.fp, label)
 	if err != nil || user == "" {
 		return out, err
 	}
@@ -341,7 +341,7 @@ func (c *Classifier) Correct(ctx context.Context, user string, m *message.Messag
 		return out, err
 	}
 	if prev != label {
-		if _, err := c.learn(ctx, "", f.fs, f.wf, f.fp, label); err != nil {
+		if _, err := c.learn(ctx, "", f.keys, f.wkeys, f.fp, label); err != nil {
 			return out, err
 		}
 	}
@@ -354,11 +354,13 @@ func (c *Classifier) LearnFeatures(ctx context.Context, user string, fs []Featur
 	if c.words != nil {
 		return 0, errors.New("classify: LearnFeatures: the stack learns from messages (Learn)")
 	}
-	return c.learn(ctx, user, fs, nil, fp, label)
+	return c.learn(ctx, user, c.keys(fs), nil, fp, label)
 }
 
-// learn teaches the model(s); wf are the word model's features (stack).
-func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, fp [32]byte, label Label) (LearnOutcome, error) {
+// learn teaches the model(s) the lesson of the message whose feature
+// keys are keys; wkeys are its word model's keys (stack). The stacker's
+// keys are appended to keys (lessonFeatures leaves room for them).
+func (c *Classifier) learn(ctx context.Context, user string, keys, wkeys []uint64, fp [32]byte, label Label) (LearnOutcome, error) {
 	if label != Ham && label != Spam {
 		return 0, errors.New("classify: label must be ham or spam")
 	}
@@ -370,13 +372,10 @@ func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, f
 	if prev == label {
 		return AlreadyKnown, nil
 	}
-	var keys []uint64
+	n := len(keys)
 	if c.words != nil {
-		keys = append(c.keysExtra(fs, len(stackKeys)), stackKeys...)
-	} else {
-		keys = c.keys(fs)
+		keys = append(keys, stackKeys...)
 	}
-	n := len(fs)
 	rows, err := c.store.Get(ctx, scope, keys)
 	if err != nil {
 		return 0, err
@@ -398,7 +397,7 @@ func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, f
 		if err != nil {
 			return 0, err
 		}
-		wrows, err := c.store.Get(ctx, wscope, c.words.keys(wf))
+		wrows, err := c.store.Get(ctx, wscope, wkeys)
 		if err != nil {
 			return 0, err
 		}
@@ -459,13 +458,16 @@ func (c *Classifier) learn(ctx context.Context, user string, fs, wf []Feature, f
 			break
 		}
 	}
-	deltas = mergeDeltasInto(make([]Delta, 0, len(deltas)+len(stack)), deltas)
-	deltas = append(deltas, stack...)
-	if err := c.store.Update(ctx, scope, Batch{Deltas: deltas, Totals: tt, Lesson: &Lesson{FP: fp, Label: label}}); err != nil {
+	buf := deltaBufs.Get().(*[]Delta)
+	deltas = append(mergeDeltasInto((*buf)[:0], deltas), stack...)
+	err = c.store.Update(ctx, scope, Batch{Deltas: deltas, Totals: tt, Lesson: &Lesson{FP: fp, Label: label}})
+	*buf = deltas[:0]
+	deltaBufs.Put(buf)
+	if err != nil {
 		return 0, err
 	}
 	if c.words != nil {
-		if _, err := c.words.learn(ctx, user, wf, nil, fp, label); err != nil {
+		if _, err := c.words.learn(ctx, user, wkeys, nil, fp, label); err != nil {
 			return 0, err
 		}
 	}
@@ -512,6 +514,10 @@ func mergeDeltas(d []Delta) []Delta {
 	}
 	return mergeDeltasInto(make([]Delta, 0, len(d)), d)
 }
+
+// deltaBufs are learn's buffers of merged deltas (a few thousand a
+// lesson), reused once the store applied them.
+var deltaBufs = sync.Pool{New: func() any { return new([]Delta) }}
 
 // mergeDeltasInto appends the merged deltas of d to out.
 func mergeDeltasInto(out, d []Delta) []Delta {

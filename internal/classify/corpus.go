@@ -134,7 +134,10 @@ func readTar(path string, fn func(Item) error) error {
 		if h.Typeflag != tar.TypeReg {
 			continue
 		}
-		data, err := io.ReadAll(io.LimitReader(tr, maxItemBytes))
+		// The header gives the size: one allocation, not ReadAll's
+		// doubling (the whole corpus is read before learning starts).
+		data := make([]byte, min(h.Size, maxItemBytes))
+		_, err = io.ReadFull(tr, data)
 		if err != nil {
 			return fmt.Errorf("%s: %s: %w", path, h.Name, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -41,7 +42,7 @@ const headerTokenLimit = 64
 
 type extractor struct {
 	names bool
-	seen  hashSet
+	seen  *hashSet
 	out   []Feature
 }
 
@@ -81,6 +82,12 @@ func (s *hashSet) add(h uint64) bool {
 	}
 }
 
+// reset empties the set, keeping its table.
+func (s *hashSet) reset() {
+	clear(s.slots)
+	s.n, s.zero = 0, false
+}
+
 func (s *hashSet) grow() {
 	old := s.slots
 	s.slots = make([]uint64, max(8192, 2*len(old)))
@@ -108,6 +115,14 @@ func hashStr(h uint64, s string) uint64 {
 func (x *extractor) add(prefix, tok string) {
 	h := hashStr(hashStr(fnvOffset, prefix), tok)
 	x.addHash(h, prefix, tok)
+}
+
+// addAll adds the tokens toks, all with prefix (whose hash is taken once).
+func (x *extractor) addAll(prefix string, toks []string) {
+	ph := hashStr(fnvOffset, prefix)
+	for _, t := range toks {
+		x.addHash(hashStr(ph, t), prefix, t)
+	}
 }
 
 func (x *extractor) addHash(h uint64, prefix, tok string) {
@@ -144,11 +159,25 @@ func (x *extractor) pair(a, b string, d int) {
 // ("att:"), MIME defects ("mal:") and a few shape features ("meta:").
 // With fs.Pairs, OSB word pairs of the subject and body are added.
 func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
+	return extract(m, fs, names, make([]Feature, 0, fs.Grams+512))
+}
+
+// hashSets are extract's sets, reused: a new one for every message was
+// most of the memory a lesson allocated.
+var hashSets = sync.Pool{New: func() any { return new(hashSet) }}
+
+// extract is Extract appending to out.
+func extract(m *message.Message, fs FeatureSet, names bool, out []Feature) []Feature {
 	maxWords := fs.MaxWords
 	if maxWords <= 0 {
 		maxWords = 3000
 	}
-	x := &extractor{names: names, out: make([]Feature, 0, fs.Grams+512)}
+	seen := hashSets.Get().(*hashSet)
+	defer func() {
+		seen.reset()
+		hashSets.Put(seen)
+	}()
+	x := &extractor{names: names, out: out, seen: seen}
 	if fs.Grams > 0 {
 		grams(x, m, fs.Grams)
 	}
@@ -158,13 +187,9 @@ func Extract(m *message.Message, fs FeatureSet, names bool) []Feature {
 	if fs.Headers {
 		headerTokens(x, m)
 	}
-	for _, w := range words(m.HiddenText, 500) {
-		x.add("hid:", w)
-	}
+	x.addAll("hid:", words(m.HiddenText, 500))
 	if fs.Markup {
-		for _, t := range m.Markup {
-			x.add("html:", t)
-		}
+		x.addAll("html:", m.Markup)
 	}
 	for _, u := range m.URLs {
 		x.add("u:", u.Host)
@@ -282,9 +307,7 @@ func headerTokens(x *extractor, m *message.Message) {
 			}
 			x.add("hd:ct:", strings.TrimSpace(ct))
 		case "x-mailer", "user-agent":
-			for _, w := range words(f.Value, 4) {
-				x.add("hd:ua:", w)
-			}
+			x.addAll("hd:ua:", words(f.Value, 4))
 		}
 	}
 }
@@ -298,9 +321,7 @@ func wordFeatures(x *extractor, m *message.Message, fs FeatureSet, maxWords int)
 		switch {
 		case f.Name == "Subject":
 			ws := words(f.Value, 200)
-			for _, w := range ws {
-				x.add("s:", w)
-			}
+			x.addAll("s:", ws)
 			if fs.Pairs {
 				osb(x, ws)
 			}
@@ -311,14 +332,10 @@ func wordFeatures(x *extractor, m *message.Message, fs FeatureSet, maxWords int)
 			continue
 		}
 		x.add("hn:", name)
-		for _, w := range words(f.Value, headerTokenLimit) {
-			x.add("h:"+name+":", w)
-		}
+		x.addAll("h:"+name+":", words(f.Value, headerTokenLimit))
 	}
 	body := words(m.Text, maxWords)
-	for _, w := range body {
-		x.add("w:", w)
-	}
+	x.addAll("w:", body)
 	if fs.Pairs {
 		osb(x, body)
 	}
@@ -360,13 +377,14 @@ func osb(x *extractor, ws []string) {
 // "skip:" token naming their first letter and length class (SpamBayes);
 // single characters are dropped except digits and currency signs.
 func words(s string, max int) []string {
-	var out []string
+	// About one token in six bytes of text: most calls allocate once.
+	out := make([]string, 0, min(max, len(s)/6+1))
 	start := -1
 	flush := func(end int) {
 		if start < 0 {
 			return
 		}
-		t := strings.Trim(s[start:end], "'-.!")
+		t := trimJoiners(s[start:end])
 		start = -1
 		if t == "" {
 			return
@@ -403,6 +421,19 @@ func words(s string, max int) []string {
 		out = out[:max]
 	}
 	return out
+}
+
+// trimJoiners is strings.Trim(t, "'-.!"), without building the cut set
+// for each of the thousands of tokens of a message.
+func trimJoiners(t string) string {
+	isJoiner := func(c byte) bool { return c == '\'' || c == '-' || c == '.' || c == '!' }
+	for len(t) > 0 && isJoiner(t[0]) {
+		t = t[1:]
+	}
+	for len(t) > 0 && isJoiner(t[len(t)-1]) {
+		t = t[:len(t)-1]
+	}
+	return t
 }
 
 // sortFeatures orders features by hash (for batched store access with

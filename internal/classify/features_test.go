@@ -2,6 +2,9 @@ package classify
 
 import (
 	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"moat.dev/moat/internal/message"
@@ -73,4 +76,56 @@ func TestHashSet(t *testing.T) {
 	if n := s.n + map[bool]int{true: 1}[s.zero]; n != len(ref) {
 		t.Fatalf("set holds %d, want %d", n, len(ref))
 	}
+}
+
+// TestTrimJoiners: trimJoiners is strings.Trim(t, "'-.!"), on tokens of
+// joiners only, multi-byte runes and invalid UTF-8.
+func TestTrimJoiners(t *testing.T) {
+	for _, s := range []string{"", "a", "'", "'-.!", "!!a!!", "'don't'", "-é-", "é!", "!é", "\xff!", "!\xff", "a.b", ".-'!x!'-.", "x'"} {
+		if got, want := trimJoiners(s), strings.Trim(s, "'-.!"); got != want {
+			t.Errorf("trimJoiners(%q) = %q, want %q", s, got, want)
+		}
+	}
+}
+
+// TestExtractReusesSets: Extract reuses its hash sets (and featureKeys
+// its buffers) across messages; a message's features do not depend on
+// what was extracted before it, on one goroutine or many.
+func TestExtractReusesSets(t *testing.T) {
+	items := synthRaw(30, 5)
+	c, err := New(DefaultConfig(), NewMemStore())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms []*message.Message
+	for _, it := range items {
+		ms = append(ms, message.ParseBytes(it.Data, message.DefaultLimits()))
+	}
+	first := make([][]Feature, len(ms))
+	keys := make([][]uint64, len(ms))
+	for i, m := range ms {
+		first[i] = Extract(m, c.fs, true)
+		keys[i] = c.keys(first[i])
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for round := range 3 {
+				for j := range ms {
+					i := (j*7 + g + round) % len(ms) // another order each time
+					if got := Extract(ms[i], c.fs, true); !slices.Equal(got, first[i]) {
+						t.Errorf("message %d: %d features, first time %d", i, len(got), len(first[i]))
+						return
+					}
+					if got := c.featureKeys(ms[i], 3); !slices.Equal(got, keys[i]) || cap(got) < len(got)+3 {
+						t.Errorf("message %d: keys differ from the features' (or no room for 3 more)", i)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -544,3 +544,47 @@ func TestOverlayRepeatedKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeDeltas: mergeDeltas adds up the deltas of each key in their
+// order, at the place of the key's first delta, as a map-based merge
+// does; its reused index starts empty on every call (keys of one call
+// are not seen in the next), whatever the sizes.
+func TestMergeDeltas(t *testing.T) {
+	ref := func(d []Delta) []Delta {
+		idx := map[uint64]int{}
+		var out []Delta
+		for _, x := range d {
+			if i, ok := idx[x.Key]; ok {
+				out[i].Ham += x.Ham
+				out[i].Spam += x.Spam
+				out[i].W += x.W
+				out[i].G += x.G
+				continue
+			}
+			idx[x.Key] = len(out)
+			out = append(out, x)
+		}
+		return out
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for call, n := range []int{1, 5, 3000, 40, 5000, 0, 700, 2, 3000} {
+		d := make([]Delta, n)
+		for i := range d {
+			k := uint64(r.IntN(max(1, n/3))) // about three deltas a key
+			if call%2 == 1 {
+				k = r.Uint64() // mostly distinct, 0 included sometimes
+			}
+			d[i] = Delta{Key: k, Ham: int64(r.IntN(3)) - 1, Spam: 1, W: r.NormFloat64(), G: r.Float64() * 1e-9}
+		}
+		want := ref(d)
+		got := mergeDeltas(slices.Clone(d))
+		if !slices.Equal(got, want) {
+			t.Fatalf("call %d (%d deltas): merged %d, want %d", call, n, len(got), len(want))
+		}
+		// Into a slice holding something already: appended after it.
+		pre := []Delta{{Key: 7, W: 1}}
+		if got := mergeDeltasInto(pre, d); !slices.Equal(got[1:], want) || got[0] != pre[0] {
+			t.Fatalf("call %d: merging into a non-empty slice", call)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"iter"
 	"runtime"
 	"slices"
 	"strings"
@@ -759,7 +760,7 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 	}
 	// Multi-row upserts in key order, in chunks of upsertSizes.
 	deltas, shrink := sortedDeltas(b.Deltas)
-	if err = upsertChunks(exec, &s.q.upserts, scope, len(deltas), func(i int) Delta { return deltas[i] }); err != nil {
+	if err = upsertChunks(exec, &s.q.upserts, scope, slices.Values(deltas)); err != nil {
 		return err
 	}
 	for _, k := range shrink {
@@ -785,29 +786,36 @@ func (s *SQLStore) Update(ctx context.Context, scope string, b Batch) (err error
 	return err
 }
 
-// upsertChunks writes n rows (row(i) for i < n) with the multi-row
-// statements stmts, largest chunks first.
-func upsertChunks(exec func(q string, args ...any) error, stmts *[len(upsertSizes)]string, scope string, n int, row func(i int) Delta) error {
-	args := make([]any, 0, upsertSizes[0]*5+1)
+// upsertChunks writes rows with the multi-row statements stmts, in
+// chunks of the largest size first: as many full chunks as the rows
+// fill, the rest in smaller ones.
+func upsertChunks(exec func(q string, args ...any) error, stmts *[len(upsertSizes)]string, scope string, rows iter.Seq[Delta]) error {
+	const cols = 5
 	sc := any(scope) // boxed once
-	for start := 0; start < n; {
-		si := len(upsertSizes) - 1
-		for i, size := range upsertSizes {
-			if size <= n-start {
-				si = i
-				break
+	args := make([]any, 1, upsertSizes[0]*cols+1)
+	args[0] = sc
+	var err error
+	for d := range rows {
+		args = append(args, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
+		if len(args) == cap(args) {
+			if err = exec(stmts[0], args...); err != nil {
+				return err
 			}
+			args = args[:1]
 		}
-		end := start + upsertSizes[si]
-		args = append(args[:0], sc)
-		for i := start; i < end; i++ {
-			d := row(i)
-			args = append(args, int64(d.Key), d.Ham, d.Spam, d.W, d.G)
+	}
+	rest := args[1:]
+	part := make([]any, 1, upsertSizes[1]*cols+1)
+	part[0] = sc
+	for si := 1; si < len(upsertSizes); si++ {
+		size := upsertSizes[si] * cols
+		for len(rest) >= size {
+			part = append(part[:1], rest[:size]...)
+			if err = exec(stmts[si], part...); err != nil {
+				return err
+			}
+			rest = rest[size:]
 		}
-		if err := exec(stmts[si], args...); err != nil {
-			return err
-		}
-		start = end
 	}
 	return nil
 }
@@ -815,36 +823,41 @@ func upsertChunks(exec func(q string, args ...any) error, stmts *[len(upsertSize
 // arrayChunk is the rows of one array statement (PostgreSQL's Apply).
 const arrayChunk = 1 << 13
 
-// applyRows writes n rows (row(i) for i < n) for Apply, setting them to
-// the values given (set) or adding them: with the array statements on
-// PostgreSQL, else with upsertChunks.
-func (s *SQLStore) applyRows(exec func(q string, args ...any) error, set bool, scope string, n int, row func(i int) Delta) error {
+// applyRows writes rows for Apply, setting them to the values given
+// (set) or adding them: with the array statements on PostgreSQL, else
+// with upsertChunks.
+func (s *SQLStore) applyRows(exec func(q string, args ...any) error, set bool, scope string, rows iter.Seq[Delta]) error {
 	if !s.q.keyArray {
 		stmts := &s.q.upserts
 		if set {
 			stmts = &s.q.sets
 		}
-		return upsertChunks(exec, stmts, scope, n, row)
+		return upsertChunks(exec, stmts, scope, rows)
 	}
 	q := s.q.upsertArray
 	if set {
 		q = s.q.setArray
 	}
-	m := min(n, arrayChunk)
-	keys, ham, spam := make([]int64, 0, m), make([]int64, 0, m), make([]int64, 0, m)
-	w, g := make([]float64, 0, m), make([]float64, 0, m)
-	for start := 0; start < n; start += arrayChunk {
-		keys, ham, spam, w, g = keys[:0], ham[:0], spam[:0], w[:0], g[:0]
-		for i := start; i < min(n, start+arrayChunk); i++ {
-			d := row(i)
-			keys, ham, spam = append(keys, int64(d.Key)), append(ham, d.Ham), append(spam, d.Spam)
-			w, g = append(w, d.W), append(g, d.G)
+	var keys, ham, spam []int64
+	var w, g []float64
+	write := func() error {
+		if len(keys) == 0 {
+			return nil
 		}
-		if err := exec(q, scope, keys, ham, spam, w, g); err != nil {
-			return err
+		err := exec(q, scope, keys, ham, spam, w, g)
+		keys, ham, spam, w, g = keys[:0], ham[:0], spam[:0], w[:0], g[:0]
+		return err
+	}
+	for d := range rows {
+		keys, ham, spam = append(keys, int64(d.Key)), append(ham, d.Ham), append(spam, d.Spam)
+		w, g = append(w, d.W), append(g, d.G)
+		if len(keys) == arrayChunk {
+			if err := write(); err != nil {
+				return err
+			}
 		}
 	}
-	return nil
+	return write()
 }
 
 // Version implements BulkStore.
@@ -916,57 +929,49 @@ func (s *SQLStore) Apply(ctx context.Context, ws []ScopeWrite) (err error) {
 		if err = tx.StmtContext(ctx, st[s.q.bumpReturning]).QueryRowContext(ctx, w.Scope).Scan(&v); err != nil {
 			return err
 		}
-		rows := w.Rows
-		byKey := func(a, b KeyWrite) int { return cmp.Compare(int64(a.Key), int64(b.Key)) }
-		if !slices.IsSortedFunc(rows, byKey) { // the overlay hands them over sorted
-			slices.SortFunc(rows, byKey)
-		}
 		if v == w.Version+1 {
 			// Nobody wrote the scope since the lessons read it: set the
-			// rows to what the lessons computed.
-			var set []int32 // the rows that exist, when some do not
-			for i, r := range rows {
-				if r.Exists {
-					if set != nil {
-						set = append(set, int32(i))
-					}
-					continue
-				}
-				if set == nil {
-					set = make([]int32, i, len(rows))
-					for j := range set {
-						set[j] = int32(j)
+			// rows to what the lessons computed, and remove the rows an
+			// unlearning left all zero.
+			var gone []int64
+			err = s.applyRows(exec, true, w.Scope, func(yield func(Delta) bool) {
+				for r := range w.Rows {
+					if !r.Exists {
+						gone = append(gone, int64(r.Key))
+					} else if !yield(Delta{Key: r.Key, Ham: r.Row.Ham, Spam: r.Row.Spam, W: r.Row.W, G: r.Row.G}) {
+						return
 					}
 				}
-				if err = exec(s.q.deleteKey, w.Scope, int64(r.Key)); err != nil {
-					return err
-				}
-			}
-			n := len(rows)
-			if set != nil {
-				n = len(set)
-			}
-			err = s.applyRows(exec, true, w.Scope, n, func(i int) Delta {
-				if set != nil {
-					i = int(set[i])
-				}
-				r := &rows[i]
-				return Delta{Key: r.Key, Ham: r.Row.Ham, Spam: r.Row.Spam, W: r.Row.W, G: r.Row.G}
 			})
 			if err != nil {
 				return err
 			}
+			for _, k := range gone {
+				if err = exec(s.q.deleteKey, w.Scope, k); err != nil {
+					return err
+				}
+			}
 			err = exec(s.q.setTotals, w.Scope, w.Totals.Ham, w.Totals.Spam, w.Totals.Bias)
 		} else {
 			// Another writer came in between: add the changes.
-			if err = s.applyRows(exec, false, w.Scope, len(rows), func(i int) Delta { return rows[i].Delta }); err != nil {
+			// Then remove the rows a subtraction may have emptied.
+			var shrunk []int64
+			err = s.applyRows(exec, false, w.Scope, func(yield func(Delta) bool) {
+				for r := range w.Rows {
+					if r.Shrunk {
+						shrunk = append(shrunk, int64(r.Key))
+					}
+					if !yield(r.Delta) {
+						return
+					}
+				}
+			})
+			if err != nil {
 				return err
 			}
-			for _, r := range rows {
-				if r.Shrunk {
-					if err = exec(s.q.shrink, w.Scope, int64(r.Key)); err != nil {
-						return err
-					}
+			for _, k := range shrunk {
+				if err = exec(s.q.shrink, w.Scope, k); err != nil {
+					return err
 				}
 			}
 			err = exec(s.q.addTotals, w.Scope, w.DTotals.Ham, w.DTotals.Spam, w.DTotals.Bias)

@@ -555,3 +555,47 @@ func testSQLConcurrentLearning(t *testing.T, b testBackend) {
 		})
 	}
 }
+
+// TestUpsertChunks: upsertChunks writes every row once, in order, in
+// statements of 512 rows while they last and then of 64, 8 and 1, the
+// scope first in each.
+func TestUpsertChunks(t *testing.T) {
+	stmts := [len(upsertSizes)]string{"s512", "s64", "s8", "s1"}
+	for _, n := range []int{0, 1, 7, 8, 9, 63, 64, 65, 511, 512, 513, 1100, 1024 + 64 + 8 + 1} {
+		var rows []Delta
+		for i := range n {
+			rows = append(rows, Delta{Key: uint64(i), Ham: int64(i % 3), Spam: int64(i % 2), W: float64(i) / 7, G: float64(i) / 9})
+		}
+		var got []Delta
+		var stmtsUsed []string
+		exec := func(q string, args ...any) error {
+			if args[0] != "sc" || (len(args)-1)%5 != 0 {
+				return fmt.Errorf("%s: args %v", q, args[:min(len(args), 6)])
+			}
+			size := map[string]int{"s512": 512, "s64": 64, "s8": 8, "s1": 1}[q]
+			if (len(args)-1)/5 != size {
+				return fmt.Errorf("%s with %d rows", q, (len(args)-1)/5)
+			}
+			for a := args[1:]; len(a) > 0; a = a[5:] {
+				got = append(got, Delta{Key: uint64(a[0].(int64)), Ham: a[1].(int64), Spam: a[2].(int64), W: a[3].(float64), G: a[4].(float64)})
+			}
+			stmtsUsed = append(stmtsUsed, q)
+			return nil
+		}
+		if err := upsertChunks(exec, &stmts, "sc", slices.Values(rows)); err != nil {
+			t.Fatalf("%d rows: %v", n, err)
+		}
+		if !slices.Equal(got, rows) {
+			t.Fatalf("%d rows: wrote %d, not the rows given in order", n, len(got))
+		}
+		// Largest first: the statements' sizes never grow.
+		for i := 1; i < len(stmtsUsed); i++ {
+			if slices.Index(stmts[:], stmtsUsed[i]) < slices.Index(stmts[:], stmtsUsed[i-1]) {
+				t.Fatalf("%d rows: statements %v", n, stmtsUsed)
+			}
+		}
+		if want := n/512 + n%512/64 + n%64/8 + n%8; len(stmtsUsed) != want {
+			t.Fatalf("%d rows: %d statements %v, want %d", n, len(stmtsUsed), stmtsUsed, want)
+		}
+	}
+}

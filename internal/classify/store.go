@@ -3,6 +3,7 @@ package classify
 import (
 	"cmp"
 	"context"
+	"iter"
 	"slices"
 	"sync"
 )
@@ -69,7 +70,8 @@ type TokenStore interface {
 	// Get returns the rows of keys, aligned with keys (zero rows for
 	// unknown keys).
 	Get(ctx context.Context, scope string, keys []uint64) ([]Row, error)
-	// Update applies a batch atomically.
+	// Update applies a batch atomically. It may reorder b.Deltas and
+	// does not keep them after it returns (the caller reuses them).
 	Update(ctx context.Context, scope string, b Batch) error
 	// Totals returns the scope's totals.
 	Totals(ctx context.Context, scope string) (Totals, error)
@@ -186,12 +188,12 @@ type BulkStore interface {
 	// Version returns the scope's model version, a counter that every
 	// write of the scope increases (0 for a scope never written).
 	Version(ctx context.Context, scope string) (int64, error)
-	// Apply writes ws in one transaction (it may reorder ws and their
-	// rows). For each w, if the scope's
-	// version is still w.Version, the rows, totals and lessons are set
-	// to w's values (so the stored model is bit for bit what learning the
-	// lessons one by one would have stored); otherwise another writer
-	// came in between and w's deltas are added as Update adds them.
+	// Apply writes ws in one transaction (it may reorder ws). For each
+	// w, if the scope's version is still w.Version, the rows, totals and
+	// lessons are set to w's values (so the stored model is bit for bit
+	// what learning the lessons one by one would have stored); otherwise
+	// another writer came in between and w's deltas are added as Update
+	// adds them.
 	Apply(ctx context.Context, ws []ScopeWrite) error
 }
 
@@ -199,7 +201,11 @@ type BulkStore interface {
 type ScopeWrite struct {
 	Scope   string
 	Version int64 // the scope's version before the first lesson read it
-	Rows    []KeyWrite
+	// Rows are the rows written, by key (as stored: signed). Apply reads
+	// them once, as it writes them: a run of lessons writes hundreds of
+	// thousands, which the overlay sorts while Apply writes the scopes
+	// before.
+	Rows    iter.Seq[KeyWrite]
 	Totals  Totals // the totals after the lessons
 	DTotals Totals // the change of the totals
 	Lessons []Lesson
@@ -355,6 +361,7 @@ type ovScope struct {
 	// stored size, once asked passed fullLoadMin (-1 before).
 	asked   int
 	size    int64
+	touched int // entries a lesson wrote
 	t       ovTable
 	totals  Totals
 	dtot    Totals
@@ -370,6 +377,7 @@ type ovScope struct {
 	memoN    int      // entries in the table when the memo was taken
 	pos      []int32  // scratch
 	keys     []uint64 // scratch
+	out      []Row    // Get's rows, valid until the next Get of the scope
 }
 
 func newOverlay(base BulkStore) *overlay {
@@ -431,10 +439,21 @@ func (sc *ovScope) positions(keys []uint64) []int32 {
 	}
 	mk, mp := sc.memoKeys, sc.memoPos
 	same := sc.memoN == sc.t.n // nothing added since: absent keys still are
-	for i, k := range keys {
-		if i < len(mk) && mk[i] == k && (mp[i] >= 0 || same) {
-			pos = append(pos, mp[i])
-			continue
+	// The keys of a lesson's write are those of its read less the
+	// repeated ones (mergeDeltas), in the same order: the memo is
+	// followed a few keys ahead, so one merged key does not lose it.
+	j := 0
+keys:
+	for _, k := range keys {
+		for m := j; m < len(mk) && m < j+4; m++ {
+			if mk[m] == k {
+				if mp[m] < 0 && !same {
+					break
+				}
+				pos = append(pos, mp[m])
+				j = m + 1
+				continue keys
+			}
 		}
 		pos = append(pos, sc.t.find(k))
 	}
@@ -519,7 +538,9 @@ func (o *overlay) maybeLoadAll(ctx context.Context, scope string, sc *ovScope, n
 	return nil
 }
 
-// Get implements TokenStore.
+// Get implements TokenStore. The rows it returns are valid until the
+// next Get of the scope (a lesson is done with them by then), so the
+// inner loop allocates nothing.
 func (o *overlay) Get(ctx context.Context, scope string, keys []uint64) ([]Row, error) {
 	sc, err := o.scope(ctx, scope)
 	if err != nil {
@@ -531,12 +552,15 @@ func (o *overlay) Get(ctx context.Context, scope string, keys []uint64) ([]Row, 
 			return nil, err
 		}
 	}
-	out := make([]Row, len(keys))
+	out := slices.Grow(sc.out[:0], len(keys))[:len(keys)]
 	for i, p := range pos {
 		if p >= 0 {
 			out[i] = sc.t.at(p).row
+		} else {
+			out[i] = Row{}
 		}
 	}
+	sc.out = out
 	sc.memoKeys = append(sc.memoKeys[:0], keys...)
 	sc.memoPos = append(sc.memoPos[:0], pos...)
 	sc.memoN = sc.t.n
@@ -591,6 +615,9 @@ func (o *overlay) Update(ctx context.Context, scope string, b Batch) error {
 		k.delta.Spam += x.Spam
 		k.delta.W += x.W
 		k.delta.G += x.G
+		if k.flags&ovTouched == 0 {
+			sc.touched++
+		}
 		k.flags |= ovTouched | ovExists
 		if x.Ham < 0 || x.Spam < 0 {
 			k.flags |= ovShrunk
@@ -675,35 +702,56 @@ func (o *overlay) flush(ctx context.Context) error {
 	for _, name := range o.order {
 		sc := o.scopes[name]
 		o.sizes[name] = max(o.sizes[name], sc.t.n)
-		w := ScopeWrite{Scope: name, Version: sc.version, Totals: sc.totals, DTotals: sc.dtot}
-		type kp struct {
-			key int64
-			pos int32
-		}
-		touched := make([]kp, 0, sc.t.n)
-		sc.t.each(func(p int32, e *ovEnt) {
-			if e.flags&ovTouched != 0 {
-				touched = append(touched, kp{int64(e.key), p})
-			}
-		})
-		slices.SortFunc(touched, func(a, b kp) int { return cmp.Compare(a.key, b.key) })
-		w.Rows = make([]KeyWrite, len(touched))
-		for i, t := range touched {
-			e := sc.t.at(t.pos)
-			w.Rows[i] = KeyWrite{Key: e.key, Row: e.row, Delta: Delta{Key: e.key, Ham: e.delta.Ham, Spam: e.delta.Spam, W: e.delta.W, G: e.delta.G},
-				Exists: e.flags&ovExists != 0, Shrunk: e.flags&ovShrunk != 0}
-		}
-		for _, fp := range sc.lorder {
-			w.Lessons = append(w.Lessons, Lesson{FP: fp, Label: sc.lessons[fp].label})
-		}
-		if len(w.Rows) == 0 && len(w.Lessons) == 0 && (!sc.hasTot || sc.dtot == Totals{}) {
+		if sc.touched == 0 && len(sc.lorder) == 0 && (!sc.hasTot || sc.dtot == Totals{}) {
 			continue
 		}
-		ws = append(ws, w)
+		ws = append(ws, sc.write(name))
 	}
 	o.scopes, o.order = map[string]*ovScope{}, nil
 	if len(ws) == 0 {
 		return nil
 	}
 	return o.base.Apply(ctx, ws)
+}
+
+// write returns the scope's pending changes. Its rows are sorted on a
+// goroutine of their own, so that one scope's rows are sorted while
+// Apply writes another's (on two cores: the logistic regression's
+// 4-grams while the word model's rows go in).
+func (sc *ovScope) write(name string) ScopeWrite {
+	w := ScopeWrite{Scope: name, Version: sc.version, Totals: sc.totals, DTotals: sc.dtot}
+	var rows []KeyWrite
+	sorted := make(chan struct{})
+	go func() {
+		defer close(sorted)
+		type kp struct {
+			key int64
+			pos int32
+		}
+		touched := make([]kp, 0, sc.touched)
+		sc.t.each(func(p int32, e *ovEnt) {
+			if e.flags&ovTouched != 0 {
+				touched = append(touched, kp{int64(e.key), p})
+			}
+		})
+		slices.SortFunc(touched, func(a, b kp) int { return cmp.Compare(a.key, b.key) })
+		rows = make([]KeyWrite, len(touched))
+		for i, t := range touched {
+			e := sc.t.at(t.pos)
+			rows[i] = KeyWrite{Key: e.key, Row: e.row, Delta: Delta{Key: e.key, Ham: e.delta.Ham, Spam: e.delta.Spam, W: e.delta.W, G: e.delta.G},
+				Exists: e.flags&ovExists != 0, Shrunk: e.flags&ovShrunk != 0}
+		}
+	}()
+	w.Rows = func(yield func(KeyWrite) bool) {
+		<-sorted
+		for _, r := range rows {
+			if !yield(r) {
+				return
+			}
+		}
+	}
+	for _, fp := range sc.lorder {
+		w.Lessons = append(w.Lessons, Lesson{FP: fp, Label: sc.lessons[fp].label})
+	}
+	return w
 }

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"moat.dev/moat/internal/store/sqlstore"
@@ -454,15 +455,20 @@ func (s *Store) List(ctx context.Context) ([]*User, error) {
 }
 
 // dummyHash is verified against when the user does not exist, so a login
-// for an unknown name costs as much as one for a known name.
-var dummyHash, _ = HashPassword("moat-dummy-password")
+// for an unknown name costs as much as one for a known name. It is made
+// on first use, not at start: argon2 takes 19 MiB and ~0.1 s, which every
+// moat command (moat learn, moat classify) would pay.
+var dummyHash = sync.OnceValue(func() string {
+	h, _ := HashPassword("moat-dummy-password")
+	return h
+})
 
 // Authenticate checks a name and password. Unknown users, wrong passwords
 // and disabled accounts all give ErrBadCredentials.
 func (s *Store) Authenticate(ctx context.Context, name, password string) (*User, error) {
 	u, hash, err := s.scanUser(ctx, s.db.QueryRowContext(ctx, s.q.byName, strings.ToLower(strings.TrimSpace(name))))
 	if errors.Is(err, ErrNotFound) {
-		VerifyPassword(dummyHash, password)
+		VerifyPassword(dummyHash(), password)
 		return nil, ErrBadCredentials
 	}
 	if err != nil {
