@@ -63,14 +63,15 @@ for alg in stack logreg chi2; do
 	echo "moat-$alg $1 $2 $3 $c $l" >> "$WORK/table"
 done
 
-# --- bogofilter: one process per classification and per lesson ---
+# --- bogofilter: one process per classification and per lesson; -TT
+# prints the spam probability at full precision (-T rounds it) ---
 mkdir -p "$WORK/bogo"
 : > "$WORK/bogo.ls"
 tc=0; tl=0
 while IFS="$(printf '\t')" read -r label name; do
 	f="$WORK/corpus/$name"
 	t0=$(date +%s%N)
-	s=$(bogofilter -d "$WORK/bogo" -T < "$f" 2>/dev/null | awk '{print $2}') || true
+	s=$(bogofilter -d "$WORK/bogo" -TT < "$f" 2>/dev/null | awk '{print $NF}') || true
 	t1=$(date +%s%N)
 	if [ "$label" = spam ]; then bogofilter -d "$WORK/bogo" -s < "$f"; else bogofilter -d "$WORK/bogo" -n < "$f"; fi
 	t2=$(date +%s%N)
@@ -126,6 +127,26 @@ CF
 	echo "sa-bayes(chunk=$SA_CHUNK) $1 $2 $3 $(echo "$n $tc" | awk '{printf "%.1f", $1/($2/1e9)}') $(echo "$n $tl" | awk '{printf "%.0f", $1/($2/1e9)}')" >> "$WORK/table"
 fi
 
+# --- bulk learning: the whole corpus into a fresh model, one process,
+# from the same extracted files; the median of 3 runs each. Moat writes
+# its SQLite database (the embedded default); bogofilter its own.
+secs() { # secs CMD...: wall seconds of one run
+	t0=$(date +%s%N); "$@" >/dev/null 2>&1; t1=$(date +%s%N)
+	echo "$t0 $t1" | awk '{printf "%.3f", ($2-$1)/1e9}'
+}
+median3() { printf '%s\n%s\n%s\n' "$1" "$2" "$3" | sort -n | sed -n 2p; }
+moat_bulk() { rm -f "$WORK/bulk.db"*; "$MOAT" learn --db "$WORK/bulk.db" --label-from-path "$WORK/corpus" -q; }
+bogo_bulk() {
+	rm -rf "$WORK/bogob"; mkdir -p "$WORK/bogob"
+	(cd "$WORK/corpus" && bogofilter -d "$WORK/bogob" -s -B spam/* && bogofilter -d "$WORK/bogob" -n -B ham/*)
+}
+mb=$(median3 "$(secs moat_bulk)" "$(secs moat_bulk)" "$(secs moat_bulk)")
+bb=$(median3 "$(secs bogo_bulk)" "$(secs bogo_bulk)" "$(secs bogo_bulk)")
+
 echo "corpus: $CORPUS ($n messages, seed $SEED, online order of moat eval --print-order)"
 row classifier "1-ROCA%" "FP%" "FN%" "classify/s" "learn/s"
 while read -r a b c d e f; do row "$a" "$b" "$c" "$d" "$e" "$f"; done < "$WORK/table"
+echo
+echo "bulk learning, whole corpus into a fresh model (median of 3):"
+printf '%-28s %8ss %10s msgs/s\n' "moat learn (stack, SQLite)" "$mb" "$(echo "$n $mb" | awk '{printf "%.0f", $1/$2}')"
+printf '%-28s %8ss %10s msgs/s\n' "bogofilter -s/-n -B" "$bb" "$(echo "$n $bb" | awk '{printf "%.0f", $1/$2}')"
