@@ -29,7 +29,7 @@ import (
 // It never learns from a transaction whose evidence is incomplete or not
 // about content: a check that failed, a hard verdict (virus, unknown
 // recipient), GTUBE, allow/block list entries, authenticated
-// submission, or a message over 1 MiB. And it does not teach the classifier against its own
+// submission, or a message over 512 KiB. And it does not teach the classifier against its own
 // confident opinion (no ham lesson at BAYES_80 or above, no spam lesson
 // at BAYES_20 or below): those are exactly the messages where the other
 // layers are least reliable, and where a person should decide.
@@ -43,7 +43,7 @@ type Autolearn struct {
 	// is a spam lesson. Default 12, SpamAssassin's.
 	SpamMin float64 `yaml:"spam_min"`
 	// Queue bounds the lessons waiting for the learner; beyond it lessons
-	// are dropped (counted), never delaying the SMTP reply. Default 256.
+	// are dropped (counted), never delaying the SMTP reply. Default 64.
 	Queue int `yaml:"queue"`
 	// MaxRate: lessons per second at most (bursts of up to 4 seconds'
 	// worth); beyond it lessons are skipped (counted). Default 5.
@@ -52,7 +52,7 @@ type Autolearn struct {
 
 // DefaultAutolearn returns the defaults.
 func DefaultAutolearn() Autolearn {
-	return Autolearn{Enabled: true, HamMax: 0.1, SpamMin: 12, Queue: 256, MaxRate: 5}
+	return Autolearn{Enabled: true, HamMax: 0.1, SpamMin: 12, Queue: 64, MaxRate: 5}
 }
 
 func (a *Autolearn) validate() error {
@@ -73,7 +73,7 @@ func (a *Autolearn) validate() error {
 
 // maxLessonSize bounds the messages autolearn takes (SpamAssassin's spamc
 // skips messages over 500 KB for the same reason).
-const maxLessonSize = 1 << 20
+const maxLessonSize = 512 << 10
 
 // Opinion is the classifier's say on a message, for AutolearnLabel.
 type Opinion struct {

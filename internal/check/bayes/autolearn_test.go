@@ -116,13 +116,13 @@ func TestDecidedLearns(t *testing.T) {
 		{"check failed", tx, []verdict.Result{{Check: "dkim", Err: errors.New("dns down")}}, "no"},
 		{"virus", tx, []verdict.Result{{Check: "clamav", Hard: &verdict.Verdict{Action: verdict.Reject}}}, "no"},
 		{"authenticated", auth, nil, "no"},
-		{"over 1 MiB", tx, nil, "no"},
+		{"over 512 KiB", tx, nil, "no"},
 	}
 	for i, cs := range cases {
 		dec := pol.Decide(cs.results, policy.Content)
 		pm := msg(i)
-		if cs.name == "over 1 MiB" {
-			pm.Size = 1<<20 + 1
+		if cs.name == "over 512 KiB" {
+			pm.Size = 512<<10 + 1
 		}
 		if got := c.Decided(ctx, cs.tx, pm, cs.results, dec); got != cs.want {
 			t.Errorf("%s: Decided = %q, want %q", cs.name, got, cs.want)
