@@ -405,7 +405,9 @@ postlog   unix-dgram n - n - 1 postlogd
 }
 
 // Stop stops the instance (t.Cleanup calls it; calling it twice is fine).
-// It signals the master it started and waits for it to exit.
+// It signals the master it started, waits for it to exit, and then for
+// the SMTP port to refuse connections: an smtpd child that inherited the
+// listening socket goes away a moment after its master.
 func (in *Instance) Stop() {
 	if in.stopped || in.master <= 0 {
 		in.stopped = true
@@ -417,13 +419,21 @@ func (in *Instance) Stop() {
 		return
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if !alive(p) {
-			return
+	for alive(p) {
+		if time.Now().After(deadline) {
+			syscall.Kill(p, syscall.SIGKILL)
+			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	syscall.Kill(p, syscall.SIGKILL)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", in.Addr, time.Second)
+		if err != nil {
+			return
+		}
+		c.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // alive reports whether process pid exists and is not a zombie (the
