@@ -3,6 +3,7 @@ package bayes
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,6 +107,7 @@ type lesson struct {
 
 // autolearner owns the queue and the one goroutine that learns from it.
 type autolearner struct {
+	log   func(msg string, args ...any)
 	c     *classify.Classifier
 	rate  *rateLimiter
 	q     chan lesson
@@ -114,27 +116,77 @@ type autolearner struct {
 	count *prometheus.CounterVec
 }
 
-func newAutolearner(c *classify.Classifier, cfg Autolearn, count *prometheus.CounterVec) *autolearner {
-	a := &autolearner{c: c, rate: newRateLimiter(cfg.MaxRate, 4*cfg.MaxRate), q: make(chan lesson, cfg.Queue), done: make(chan struct{}), count: count}
+func newAutolearner(c *classify.Classifier, cfg Autolearn, count *prometheus.CounterVec, log *slog.Logger) *autolearner {
+	a := &autolearner{log: log.Error, c: c, rate: newRateLimiter(cfg.MaxRate, 4*cfg.MaxRate), q: make(chan lesson, cfg.Queue), done: make(chan struct{}), count: count}
 	go a.run()
 	return a
 }
 
+// Lessons are learned in batches (classify.Learner). A lesson updates a
+// couple of thousand rows scattered over the model, so a transaction per
+// lesson rewrites thousands of database pages for one message; a batch
+// shares them. A batch is written when it holds batchSize lessons, when
+// no lesson has come for flushAfter, and at close. A crash loses at most
+// the batch: autolearn is best effort, the mail itself is not affected.
+const (
+	batchSize  = 32
+	flushAfter = 2 * time.Second
+)
+
 func (a *autolearner) run() {
 	defer close(a.done)
-	for l := range a.q {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		out, err := a.c.Learn(ctx, "", l.m, l.label)
+	ln := a.c.NewLearner(1 << 30) // flushed here, not by count
+	var pending [3]int            // lessons in the batch, by label
+	flush := func() {
+		if pending[classify.Ham]+pending[classify.Spam] == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := ln.Flush(ctx)
 		cancel()
-		switch {
-		case err != nil:
-			a.count.WithLabelValues(l.label.String(), "error").Inc()
-			l.log("autolearn failed", "label", l.label.String(), "err", err)
-		case out == classify.AlreadyKnown:
-			a.count.WithLabelValues(l.label.String(), "known").Inc()
-		default:
-			a.count.WithLabelValues(l.label.String(), "learned").Inc()
-			l.log("autolearned", "label", l.label.String(), "outcome", out.String())
+		result := "learned"
+		if err != nil {
+			result = "error"
+			a.log("autolearn: writing a batch failed", "lessons", pending[classify.Ham]+pending[classify.Spam], "err", err)
+		}
+		for _, l := range []classify.Label{classify.Ham, classify.Spam} {
+			a.count.WithLabelValues(l.String(), result).Add(float64(pending[l]))
+		}
+		pending = [3]int{}
+	}
+	idle := time.NewTimer(flushAfter)
+	idle.Stop()
+	for {
+		select {
+		case l, ok := <-a.q:
+			if !ok {
+				flush()
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			out, err := ln.Learn(ctx, "", l.m, l.label)
+			cancel()
+			switch {
+			case err != nil:
+				// The Learner dropped its batch: those lessons are lost.
+				pending[l.label]++
+				for _, lb := range []classify.Label{classify.Ham, classify.Spam} {
+					a.count.WithLabelValues(lb.String(), "error").Add(float64(pending[lb]))
+				}
+				pending = [3]int{}
+				l.log("autolearn failed", "label", l.label.String(), "err", err)
+			case out == classify.AlreadyKnown:
+				a.count.WithLabelValues(l.label.String(), "known").Inc()
+			default:
+				pending[l.label]++
+				l.log("autolearned", "label", l.label.String(), "outcome", out.String())
+			}
+			if pending[classify.Ham]+pending[classify.Spam] >= batchSize {
+				flush()
+			}
+			idle.Reset(flushAfter)
+		case <-idle.C:
+			flush()
 		}
 	}
 }

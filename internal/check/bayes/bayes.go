@@ -112,7 +112,7 @@ func New(cfg Config, deps Deps) (*Check, error) {
 		}
 	}
 	if cfg.Autolearn.Enabled {
-		ch.auto = newAutolearner(c, cfg.Autolearn, learned)
+		ch.auto = newAutolearner(c, cfg.Autolearn, learned, deps.Log)
 	}
 	return ch, nil
 }
