@@ -21,6 +21,21 @@ func (g gatewayTally) String() string {
 		pct(g.fp, g.ham), g.fp, g.ham, pct(g.fn, g.spam), g.fn, g.spam)
 }
 
+// add counts one message of label l with content score score.
+func (g *gatewayTally) add(l classify.Label, score, tag float64) {
+	if l == classify.Spam {
+		g.spam++
+		if score < tag {
+			g.fn++
+		}
+	} else {
+		g.ham++
+		if score >= tag {
+			g.fp++
+		}
+	}
+}
+
 func pct(n, d int) float64 {
 	if d == 0 {
 		return 0
@@ -54,23 +69,10 @@ func reportWithRules(w io.Writer, items []classify.Item, res *classify.EvalResul
 		if s.Trained {
 			b = bayes.SymbolScaled(s.Prob, maxPts).Score
 		}
-		count := func(g *gatewayTally, score float64) {
-			if s.Label == classify.Spam {
-				g.spam++
-				if score < tag {
-					g.fn++
-				}
-			} else {
-				g.ham++
-				if score >= tag {
-					g.fp++
-				}
-			}
-		}
-		count(&both, r+b)
-		count(&alone, r)
+		both.add(s.Label, r+b, tag)
+		alone.add(s.Label, r, tag)
 		if i >= len(res.Scored)/2 {
-			count(&half, r+b)
+			half.add(s.Label, r+b, tag)
 		}
 	}
 	fmt.Fprintf(w, "gateway content score (shipped rules + bayes points, tag at %.1f, as deployed):\n", tag)
@@ -115,22 +117,9 @@ func evalAutolearn(ctx context.Context, w io.Writer, c *classify.Classifier, ite
 		if res.Trained {
 			b = bayes.SymbolScaled(res.Prob, bcfg.MaxPoints).Score
 		}
-		count := func(g *gatewayTally) {
-			if it.Label == classify.Spam {
-				g.spam++
-				if r+b < tag {
-					g.fn++
-				}
-			} else {
-				g.ham++
-				if r+b >= tag {
-					g.fp++
-				}
-			}
-		}
-		count(&both)
+		both.add(it.Label, r+b, tag)
 		if i >= len(items)/2 {
-			count(&half)
+			half.add(it.Label, r+b, tag)
 		}
 		label := bayes.AutolearnLabel(bcfg.Autolearn, r, bayes.Opinion{Spoke: res.Trained, Prob: res.Prob})
 		if gtube || label == classify.Unknown {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 	"strings"
-	"unicode"
 
 	"moat.dev/moat/internal/policy"
 )
@@ -37,12 +36,12 @@ func (a *API) pathRecipient(w http.ResponseWriter, r *http.Request, p *principal
 	if !ok {
 		return "", false
 	}
-	local := strings.ToLower(r.PathValue("local"))
-	if local == "" || len(local) > 64 || strings.ContainsAny(local, "@<>") || strings.IndexFunc(local, func(c rune) bool { return unicode.IsSpace(c) || unicode.IsControl(c) }) >= 0 {
-		a.fail(w, r, badRequest("local: %q is not a local part", r.PathValue("local")))
+	rc, err := validateRecipient("", &RecipientJSON{Local: r.PathValue("local")}, d.Name)
+	if err != nil {
+		a.fail(w, r, err)
 		return "", false
 	}
-	return local + "@" + d.Name, true
+	return rc.Local + "@" + d.Name, true
 }
 
 func (a *API) getThresholds(w http.ResponseWriter, r *http.Request, p *principal) {

@@ -336,14 +336,9 @@ func (c *Classifier) Correct(ctx context.Context, user string, m *message.Messag
 	if err != nil || user == "" {
 		return out, err
 	}
-	prev, err := c.store.Lesson(ctx, c.Scope(""), f.fp)
-	if err != nil {
+	// learn itself skips a lesson the site model knows with this label.
+	if _, err := c.learn(ctx, "", f.keys, f.wkeys, f.fp, label); err != nil {
 		return out, err
-	}
-	if prev != label {
-		if _, err := c.learn(ctx, "", f.keys, f.wkeys, f.fp, label); err != nil {
-			return out, err
-		}
 	}
 	return out, nil
 }

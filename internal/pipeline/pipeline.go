@@ -55,6 +55,7 @@ type DataChecker interface {
 // block; it returns a short word for the X-Spam-Status "autolearn="
 // field ("no" when it did nothing).
 type DataObserver interface {
+	Check
 	Decided(ctx context.Context, tx *Txn, m *Message, results []verdict.Result, dec policy.Decision) string
 }
 

@@ -163,7 +163,7 @@ func (r *Runner) Data(ctx context.Context, tx *Txn, m *Message) policy.Decision 
 	dec := pol.Decide(all, policy.Content)
 	dec.Autolearn = "no"
 	for _, o := range r.observe {
-		if c, ok := o.(Check); ok && !pol.Enabled(c.Name()) {
+		if !pol.Enabled(o.Name()) {
 			continue
 		}
 		if a := o.Decided(ctx, tx, m, all, dec); a != "no" && a != "" {

@@ -11,9 +11,9 @@ import (
 // queries are the quarantine's SQL statements, rebound once for the
 // driver when the Store is built.
 type queries struct {
-	driver                                                                                                                                                                                                                                                           string
-	like                                                                                                                                                                                                                                                             string // case-insensitive LIKE: LIKE on SQLite, ILIKE on PostgreSQL
-	getSecret, putSecret, insAudit, getEntry, entriesOf, auditOf, claim, setState, unclaim, liveCopies, expiring, expire, forget, forgetLinks, linkUsed, useLink, unuseLink, delPref, lookupPref, listPrefs, setPref, insEntry, digestRcpts, digestEntries, digested string
+	driver                                                                                                                                                                                                                                                                                                        string
+	like                                                                                                                                                                                                                                                                                                          string // case-insensitive LIKE: LIKE on SQLite, ILIKE on PostgreSQL
+	getSecret, putSecret, insAudit, getEntry, entriesOf, auditOf, claim, setState, unclaim, liveCopies, expiring, expire, forget, forgetLinks, linkUsed, useLink, unuseLink, delPref, lookupPref, listPrefs, setPref, getThresholds, setThresholds, delThresholds, insEntry, digestRcpts, digestEntries, digested string
 }
 
 func newQueries(driver string) *queries {
@@ -50,6 +50,10 @@ func newQueries(driver string) *queries {
 		listPrefs:  r(`SELECT rcpt, sender, kind, by, created FROM q_prefs WHERE rcpt=? ORDER BY sender`),
 		setPref: r(`INSERT INTO q_prefs(rcpt, sender, kind, created, by) VALUES (?,?,?,?,?)
 		ON CONFLICT(rcpt, sender) DO UPDATE SET kind=excluded.kind, created=excluded.created, by=excluded.by`),
+		getThresholds: r(`SELECT tag, quarantine, reject FROM q_thresholds WHERE rcpt=?`),
+		setThresholds: r(`INSERT INTO q_thresholds(rcpt, tag, quarantine, reject, updated, by) VALUES (?,?,?,?,?,?)
+		ON CONFLICT(rcpt) DO UPDATE SET tag=excluded.tag, quarantine=excluded.quarantine, reject=excluded.reject, updated=excluded.updated, by=excluded.by`),
+		delThresholds: r(`DELETE FROM q_thresholds WHERE rcpt=?`),
 		digestRcpts:   r(`SELECT DISTINCT rcpt FROM q_entries WHERE digested=0 AND state='held' ORDER BY rcpt`),
 		digestEntries: r(`SELECT ` + entryCols + ` FROM q_entries WHERE rcpt=? AND digested=0 AND state='held' ORDER BY received DESC`),
 		digested:      r(`UPDATE q_entries SET digested=1 WHERE id=?`),

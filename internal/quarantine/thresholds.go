@@ -6,7 +6,6 @@ import (
 	"errors"
 
 	"moat.dev/moat/internal/policy"
-	"moat.dev/moat/internal/store/sqlstore"
 )
 
 // SetThresholds stores rcpt's thresholds; all nil removes them.
@@ -18,13 +17,11 @@ func (p *Prefs) SetThresholds(ctx context.Context, rcpt string, t policy.Thresho
 	if err := t.Validate(); err != nil {
 		return err
 	}
-	r := func(q string) string { return sqlstore.Rebind(p.q.driver, q) }
 	var err error
 	if t.IsZero() {
-		_, err = p.db.ExecContext(ctx, r(`DELETE FROM q_thresholds WHERE rcpt=?`), rcpt)
+		_, err = p.db.ExecContext(ctx, p.q.delThresholds, rcpt)
 	} else {
-		_, err = p.db.ExecContext(ctx, r(`INSERT INTO q_thresholds(rcpt, tag, quarantine, reject, updated, by) VALUES (?,?,?,?,?,?)
-			ON CONFLICT(rcpt) DO UPDATE SET tag=excluded.tag, quarantine=excluded.quarantine, reject=excluded.reject, updated=excluded.updated, by=excluded.by`),
+		_, err = p.db.ExecContext(ctx, p.q.setThresholds,
 			rcpt, nullable(t.Tag), nullable(t.Quarantine), nullable(t.Reject), p.now().Unix(), by)
 	}
 	if err == nil {
@@ -36,8 +33,7 @@ func (p *Prefs) SetThresholds(ctx context.Context, rcpt string, t policy.Thresho
 // Thresholds returns rcpt's thresholds (zero when none are set).
 func (p *Prefs) Thresholds(ctx context.Context, rcpt string) (policy.Thresholds, error) {
 	var tag, quar, rej sql.NullFloat64
-	err := p.db.QueryRowContext(ctx, sqlstore.Rebind(p.q.driver, `SELECT tag, quarantine, reject FROM q_thresholds WHERE rcpt=?`),
-		normSender(rcpt)).Scan(&tag, &quar, &rej)
+	err := p.db.QueryRowContext(ctx, p.q.getThresholds, normSender(rcpt)).Scan(&tag, &quar, &rej)
 	if errors.Is(err, sql.ErrNoRows) {
 		return policy.Thresholds{}, nil
 	}
