@@ -390,15 +390,32 @@ func (src learnSource) read(fn func(classify.Item) error) error {
 	})
 }
 
-// isArchive reports whether classify.ReadSource reads path as a tar
-// archive, which it holds in memory whole (to sort the members) before
-// handing out the first message.
-func isArchive(path string) bool {
-	if st, err := os.Stat(path); err != nil || st.IsDir() {
+// listable reports whether path can be listed before it is read: a tar
+// archive, which classify.ReadSource holds in memory whole (to sort the
+// members) before handing out the first message, or a directory, whose
+// files classify.ListDir names without reading them.
+func listable(path string) bool {
+	st, err := os.Stat(path)
+	if err != nil {
 		return false
+	}
+	if st.IsDir() {
+		return true
 	}
 	low := strings.ToLower(path)
 	return strings.HasSuffix(low, ".tar.gz") || strings.HasSuffix(low, ".tgz") || strings.HasSuffix(low, ".tar")
+}
+
+// list returns the messages of a listable path: an archive's with their
+// data, a directory's without (classify.LoadItem reads each when it is
+// its turn).
+func list(path string) ([]classify.Item, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return classify.ListDir(path)
+	}
+	var all []classify.Item
+	err := classify.ReadSource(path, func(it classify.Item) error { all = append(all, it); return nil })
+	return all, err
 }
 
 // interleave calls fn for every message of srcs. With one source it
@@ -406,30 +423,31 @@ func isArchive(path string) bool {
 // reads them side by side and takes the next message from the source
 // whose share consumed so far is smallest, so the classes are spread
 // evenly through the lessons. Memory stays bounded: each source is read
-// in order by its own goroutine, one message ahead. An archive, which
-// ReadSource holds in memory whole anyway, is read only once (not once
-// to count and once per class): its messages are taken from memory.
+// in order by its own goroutine, one message ahead. A listable source
+// (an archive or a directory) is listed once, not once to count and once
+// per class, and each of its messages is read once.
 func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, classify.Label) error) error {
 	if len(srcs) == 1 {
 		return srcs[0].read(func(it classify.Item) error { return fn(it, srcs[0].label) })
 	}
 	sizes := make([]int, len(srcs))
 	inMem := make([]bool, len(srcs))
-	lists := make([][]classify.Item, len(srcs)) // an archive's messages, in order
-	archives := map[string][]classify.Item{}
+	lists := make([][]classify.Item, len(srcs)) // a listable source's messages, in order
+	listed := map[string][]classify.Item{}
 	for i, src := range srcs {
-		if inMem[i] = isArchive(src.path); !inMem[i] {
+		if inMem[i] = listable(src.path); !inMem[i] {
 			if err := src.read(func(classify.Item) error { sizes[i]++; return nil }); err != nil {
 				return err
 			}
 			continue
 		}
-		all, ok := archives[src.path]
+		all, ok := listed[src.path]
 		if !ok {
-			if err := classify.ReadSource(src.path, func(it classify.Item) error { all = append(all, it); return nil }); err != nil {
+			var err error
+			if all, err = list(src.path); err != nil {
 				return err
 			}
-			archives[src.path] = all
+			listed[src.path] = all
 		}
 		for _, it := range all {
 			if src.byPath {
@@ -444,7 +462,7 @@ func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, 
 		}
 		sizes[i] = len(lists[i])
 	}
-	archives = nil
+	listed = nil
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type next struct {
@@ -460,9 +478,16 @@ func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, 
 				defer close(ch)
 				for j, it := range lists[i] {
 					lists[i][j] = classify.Item{} // held by the consumer from now on
+					n := next{it: it}
+					if err := classify.LoadItem(&n.it); err != nil {
+						n = next{err: err}
+					}
 					select {
-					case ch <- next{it: it}:
+					case ch <- n:
 					case <-ctx.Done():
+						return
+					}
+					if n.err != nil {
 						return
 					}
 				}

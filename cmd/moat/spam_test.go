@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -202,6 +203,9 @@ func TestLearnInterleaves(t *testing.T) {
 		err := interleave(context.Background(), srcs, func(it classify.Item, l classify.Label) error {
 			if want := filepath.Base(filepath.Dir(it.Name)); want != l.String() {
 				t.Errorf("%s learned as %s", it.Name, l)
+			}
+			if !bytes.Contains(it.Data, []byte("Subject: "+l.String())) {
+				t.Errorf("%s handed out without its data: %q", it.Name, it.Data)
 			}
 			seq += l.String()[:1]
 			return nil

@@ -269,6 +269,59 @@ func TestReadSourceFormats(t *testing.T) {
 	}
 }
 
+// TestListDir checks that a directory is listed without being read, in
+// ReadSource's order and with the labels its paths give, and that
+// LoadItem then reads each file whole (an empty one as empty, not as
+// "not loaded").
+func TestListDir(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"spam/b.eml":  "Subject: b\n\nbuy\n",
+		"ham/a.eml":   "Subject: a\n\n" + strings.Repeat("long line of text\n", 10000),
+		"ham/empty":   "",
+		"other/c.eml": "Subject: c\n\nx\n",
+		"ham/.hidden": "not a message",
+	}
+	for name, body := range files {
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	items, err := ListDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for i := range items {
+		if items[i].Data != nil {
+			t.Fatalf("%s listed with its data", items[i].Name)
+		}
+		if err := LoadItem(&items[i]); err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(dir, items[i].Name)
+		got = append(got, rel+"="+items[i].Label.String())
+		if want := files[filepath.ToSlash(rel)]; string(items[i].Data) != want || items[i].Data == nil {
+			t.Fatalf("%s: read %d bytes (nil %v), want %d", rel, len(items[i].Data), items[i].Data == nil, len(want))
+		}
+	}
+	if want := "ham/a.eml=ham ham/empty=ham other/c.eml=unknown spam/b.eml=spam"; strings.Join(got, " ") != want {
+		t.Fatalf("listed %q, want %q", strings.Join(got, " "), want)
+	}
+	var read []string
+	if err := ReadSource(dir, func(it Item) error { read = append(read, it.Name); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(read) != len(items) || read[0] != items[0].Name || read[3] != items[3].Name {
+		t.Fatalf("ReadSource order %q differs from ListDir's", read)
+	}
+	missing := Item{Name: filepath.Join(dir, "gone.eml")}
+	if err := LoadItem(&missing); err == nil || !strings.Contains(err.Error(), "gone.eml") {
+		t.Fatalf("LoadItem of a missing file: %v, want an error naming it", err)
+	}
+}
+
 func benchItems(b *testing.B) []Item {
 	items := corpus(b)
 	if len(items) > 1000 {

@@ -73,7 +73,28 @@ func ReadSource(path string, fn func(Item) error) error {
 }
 
 func readDir(dir string, fn func(Item) error) error {
-	var files []string
+	items, err := ListDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		if it.Data, err = readFile(it.Name); err != nil {
+			return err
+		}
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ListDir lists the messages of a directory source (a Maildir or a tree
+// of message files) in ReadSource's order, without reading them: each
+// Item has its Name and the Label its path below dir gives, and no Data
+// (LoadItem reads it). Counting or splitting a large corpus by class
+// then costs no file reads.
+func ListDir(dir string) ([]Item, error) {
+	var items []Item
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -85,24 +106,29 @@ func readDir(dir string, fn func(Item) error) error {
 			return nil
 		}
 		if d.Type().IsRegular() && !strings.HasPrefix(d.Name(), ".") {
-			files = append(files, p)
+			rel, _ := filepath.Rel(dir, p)
+			items = append(items, Item{Name: p, Label: LabelFromPath(rel)})
 		}
 		return nil
 	})
 	if err != nil {
+		return nil, err
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
+	return items, nil
+}
+
+// LoadItem reads the data of an Item listed by ListDir (a no-op when it
+// has its data already).
+func LoadItem(it *Item) error {
+	if it.Data != nil {
+		return nil
+	}
+	data, err := readFile(it.Name)
+	if err != nil {
 		return err
 	}
-	sort.Strings(files)
-	for _, p := range files {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if err := fn(Item{Name: p, Label: LabelFromPath(rel), Data: data}); err != nil {
-			return err
-		}
-	}
+	it.Data = data
 	return nil
 }
 

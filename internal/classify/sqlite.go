@@ -134,9 +134,14 @@ func MigrateDriver(ctx context.Context, db *sql.DB, driver string) error {
 }
 
 // OpenSQLite opens (creating) a SQLite database file in WAL mode, for
-// standalone use (moat learn/classify without a configured store).
+// standalone use (moat learn/classify without a configured store). Its
+// page cache may grow to 64 MiB (SQLite's default is 2 MiB): a bulk
+// lesson of a whole corpus rewrites most of the model's pages in one
+// transaction, and with the small cache SQLite spills them to the WAL
+// and reads them back midway (38,000 page writes for a 21 MB model
+// instead of 15,000).
 func OpenSQLite(path string) (*sql.DB, error) {
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)"
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-65536)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, err
