@@ -1,8 +1,9 @@
 package classify
 
 import (
+	"cmp"
 	"math"
-	"sort"
+	"slices"
 )
 
 // algorithm is one scoring/learning method over store rows.
@@ -61,18 +62,25 @@ func (c *chi2) tokenProb(r Row, t Totals) float64 {
 func (c *chi2) score(rows []Row, t Totals) (float64, []float64) {
 	contrib := make([]float64, len(rows))
 	type clue struct {
-		i int
-		f float64
+		i    int
+		f, d float64 // d = |f-0.5|
 	}
 	clues := make([]clue, 0, len(rows))
 	for i, r := range rows {
 		f := c.tokenProb(r, t)
-		if math.Abs(f-0.5) >= c.minDev {
-			clues = append(clues, clue{i, f})
+		if d := math.Abs(f - 0.5); d >= c.minDev {
+			clues = append(clues, clue{i, f, d})
 		}
 	}
 	if len(clues) > c.maxClues {
-		sort.Slice(clues, func(a, b int) bool { return math.Abs(clues[a].f-0.5) > math.Abs(clues[b].f-0.5) })
+		// The strongest clues; equally strong ones in feature order, so
+		// the pick does not depend on the sort algorithm.
+		slices.SortFunc(clues, func(a, b clue) int {
+			if c := cmp.Compare(b.d, a.d); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.i, b.i)
+		})
 		clues = clues[:c.maxClues]
 	}
 	if len(clues) == 0 {
