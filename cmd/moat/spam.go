@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -246,8 +247,9 @@ func signed(f float64) string { return fmt.Sprintf("%+.2f", f) }
 
 func cmdEval(args []string) int {
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
-	corpus := fs.String("corpus", "", "labelled corpus: .tar.gz (ham/, spam/ members), or a directory")
+	corpus := fs.String("corpus", "", "labelled corpus: .tar.gz (ham/, spam/ members, or a TREC-style index), or a directory")
 	seed := fs.Uint64("seed", 1, "seed of the online order (see docs/classifier.md)")
+	orderBy := fs.String("order", "interleave", "interleave: each class shuffled by --seed, spread through the stream in proportion | corpus: the corpus's own order (a TREC index's, else sorted names)")
 	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	split := fs.Bool("split", false, "train on the first 50% of the order, test on the rest (instead of online)")
 	threshold := fs.Float64("threshold", 0, "spam threshold for FP/FN (default: the classifier's, 0.95, where the bayes check alone tags)")
@@ -270,9 +272,17 @@ func cmdEval(args []string) int {
 		fmt.Fprintln(os.Stderr, "moat eval:", err)
 		return 1
 	}
-	items = classify.OnlineOrder(items, *seed)
+	switch *orderBy {
+	case "interleave":
+		items = classify.OnlineOrder(items, *seed)
+	case "corpus":
+		items = slices.DeleteFunc(items, func(it classify.Item) bool { return it.Label == classify.Unknown })
+	default:
+		fmt.Fprintf(os.Stderr, "moat eval: --order %q: want interleave or corpus\n", *orderBy)
+		return 2
+	}
 	if len(items) == 0 {
-		fmt.Fprintln(os.Stderr, "moat eval: no labelled messages (need ham/ and spam/ in member paths)")
+		fmt.Fprintln(os.Stderr, "moat eval: no labelled messages (need ham/ and spam/ in member paths, or an index)")
 		return 1
 	}
 	if *order {
@@ -376,10 +386,19 @@ type learnSource struct {
 	byPath bool
 }
 
+// itemLabel is the class an item's source gives it (its path below the
+// corpus root, or a TREC-style index), else the one its whole name says.
+func itemLabel(it classify.Item) classify.Label {
+	if it.Label != classify.Unknown {
+		return it.Label
+	}
+	return classify.LabelFromPath(it.Name)
+}
+
 func (src learnSource) read(fn func(classify.Item) error) error {
 	return classify.ReadSource(src.path, func(it classify.Item) error {
 		if src.byPath {
-			if l := classify.LabelFromPath(it.Name); l != src.label {
+			if l := itemLabel(it); l != src.label {
 				if l == classify.Unknown && src.label == classify.Ham {
 					fmt.Fprintf(os.Stderr, "skip %s: no ham/ or spam/ in its path\n", it.Name)
 				}
@@ -451,7 +470,7 @@ func interleave(ctx context.Context, srcs []learnSource, fn func(classify.Item, 
 		}
 		for _, it := range all {
 			if src.byPath {
-				if l := classify.LabelFromPath(it.Name); l != src.label {
+				if l := itemLabel(it); l != src.label {
 					if l == classify.Unknown && src.label == classify.Ham {
 						fmt.Fprintf(os.Stderr, "skip %s: no ham/ or spam/ in its path\n", it.Name)
 					}

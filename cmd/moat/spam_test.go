@@ -7,8 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"moat.dev/moat/internal/classify"
@@ -220,4 +222,70 @@ func TestLearnInterleaves(t *testing.T) {
 	if rc := cmdLearn([]string{"--db", filepath.Join(dir, "m.db"), "--label-from-path", dir, "--ham", dir}); rc != 2 {
 		t.Fatalf("--label-from-path with --ham: rc %d, want 2", rc)
 	}
+}
+
+// TestTRECIndexCLI: a corpus laid out as TREC's (data/inmail.N, labels in
+// full/index) is evaluated in its own order with --order corpus, and
+// learned with --label-from-path by the index's labels.
+func TestTRECIndexCLI(t *testing.T) {
+	dir := t.TempDir()
+	labels := []string{"ham", "spam", "ham", "ham", "spam", "ham"}
+	var index strings.Builder
+	os.MkdirAll(filepath.Join(dir, "data"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "full"), 0o755)
+	for i, l := range labels {
+		n := len(labels) - i // the index's order is not the names'
+		body := fmt.Sprintf("From: a%d@b.example\r\nSubject: %s %d\r\n\r\n%s text %d\r\n", n, l, n, l, n)
+		os.WriteFile(filepath.Join(dir, "data", fmt.Sprintf("inmail.%d", n)), []byte(body), 0o644)
+		fmt.Fprintf(&index, "%s ../data/inmail.%d\n", l, n)
+	}
+	os.WriteFile(filepath.Join(dir, "full", "index"), []byte(index.String()), 0o644)
+
+	out := stdoutOf(t, func() {
+		if rc := cmdEval([]string{"--corpus", dir, "--order", "corpus", "--print-order"}); rc != 0 {
+			t.Fatalf("eval --order corpus: rc %d", rc)
+		}
+	})
+	var want strings.Builder
+	for i, l := range labels {
+		fmt.Fprintf(&want, "%s\t%s\n", l, filepath.Join(dir, "data", fmt.Sprintf("inmail.%d", len(labels)-i)))
+	}
+	if out != want.String() {
+		t.Fatalf("--order corpus printed\n%s\nwant the index's order\n%s", out, want.String())
+	}
+	if rc := cmdEval([]string{"--corpus", dir, "--order", "sideways"}); rc != 2 {
+		t.Fatalf("--order sideways: rc %d, want 2", rc)
+	}
+	db := filepath.Join(dir, "m.db")
+	stdoutOf(t, func() {
+		if rc := cmdLearn([]string{"--db", db, "--label-from-path", dir, "-q"}); rc != 0 {
+			t.Fatalf("learn --label-from-path: rc %d", rc)
+		}
+	})
+	c, closeDB, err := openClassifier(context.Background(), db, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeDB()
+	if tot, err := c.Totals(context.Background(), ""); err != nil || tot.Ham != 4 || tot.Spam != 2 {
+		t.Fatalf("learned %+v (%v), want the index's 4 ham and 2 spam", tot, err)
+	}
+}
+
+// stdoutOf runs fn and returns what it wrote to os.Stdout.
+func stdoutOf(t *testing.T, fn func()) string {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := os.Stdout
+	os.Stdout = w
+	done := make(chan string)
+	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
+	defer func() { os.Stdout = old }()
+	fn()
+	w.Close()
+	os.Stdout = old
+	return <-done
 }

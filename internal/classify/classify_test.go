@@ -1,7 +1,10 @@
 package classify
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -319,6 +322,88 @@ func TestListDir(t *testing.T) {
 	missing := Item{Name: filepath.Join(dir, "gone.eml")}
 	if err := LoadItem(&missing); err == nil || !strings.Contains(err.Error(), "gone.eml") {
 		t.Fatalf("LoadItem of a missing file: %v, want an error naming it", err)
+	}
+}
+
+// TestReadSourceIndex reads a TREC-style corpus (data/inmail.N, labels
+// and order in full/index) as a directory and as a .tar.gz: the index
+// labels and orders the messages and is not one itself; a bad index is
+// an error naming the line; a message that is merely called index is a
+// message.
+func TestReadSourceIndex(t *testing.T) {
+	files := map[string]string{
+		"trec/data/inmail.1": "Subject: one\n\nhello\n",
+		"trec/data/inmail.2": "Subject: two\n\nbuy now\n",
+		"trec/data/inmail.3": "Subject: three\n\nminutes\n",
+		"trec/data/inmail.4": "Subject: four\n\nnot indexed\n",
+		"trec/full/index":    "spam ../data/inmail.2\nham ../data/inmail.3\n\nham ../data/inmail.1\n",
+	}
+	dir := t.TempDir()
+	tgz := filepath.Join(t.TempDir(), "trec.tar.gz")
+	writeTree(t, dir, files)
+	writeTarGz(t, tgz, files)
+	for _, src := range []string{dir, tgz} {
+		var got []string
+		err := ReadSource(src, func(it Item) error {
+			got = append(got, filepath.Base(it.Name)+"="+it.Label.String()+"="+strings.Fields(string(it.Data))[1])
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", src, err)
+		}
+		if want := "inmail.2=spam=two inmail.3=ham=three inmail.1=ham=one"; strings.Join(got, " ") != want {
+			t.Errorf("%s: read %q, want %q", src, strings.Join(got, " "), want)
+		}
+	}
+	for index, want := range map[string]string{
+		"spam ../data/inmail.2\nmaybe ../data/inmail.1\n": "index:2",
+		"spam ../data/inmail.2\nham ../data/inmail.9\n":   "inmail.9 is not in the corpus",
+		"spam ../data/inmail.2\nham ../data/inmail.2\n":   "listed twice",
+		"spam ../full/index\n":                            "not in the corpus",
+	} {
+		bad := t.TempDir()
+		writeTree(t, bad, map[string]string{"trec/data/inmail.1": "x", "trec/data/inmail.2": "y", "trec/full/index": index})
+		err := ReadSource(bad, func(Item) error { return nil })
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("index %q: error %v, want one saying %q", index, err, want)
+		}
+	}
+	// A message called index (not an index) in a ham/ folder.
+	plain := t.TempDir()
+	writeTree(t, plain, map[string]string{"ham/index": "Subject: hi\n\nindex of things\n", "spam/x": "Subject: x\n\nx\n"})
+	var n int
+	if err := ReadSource(plain, func(it Item) error { n++; return nil }); err != nil || n != 2 {
+		t.Fatalf("a message called index: %d messages, error %v; want 2, nil", n, err)
+	}
+}
+
+func writeTree(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func writeTarGz(t *testing.T, path string, files map[string]string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw := gzip.NewWriter(f)
+	tw := tar.NewWriter(zw)
+	for name, body := range files {
+		tw.WriteHeader(&tar.Header{Name: "./" + name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(body))
+	}
+	if err := errors.Join(tw.Close(), zw.Close(), f.Close()); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -43,6 +44,13 @@ func LabelFromPath(name string) Label {
 // Maildir (cur/ and new/), a directory of message files, an mbox file, or
 // a single message file. fn is called once per message, in a deterministic
 // order (sorted names; mbox file order).
+//
+// An archive or a directory may carry a TREC-style index instead of ham/
+// and spam/ folders: a file named "index" whose lines are "spam PATH" or
+// "ham PATH", PATH relative to the index's own folder (TREC's full/index
+// says "spam ../data/inmail.1"). Then the index gives each message its
+// label and the order (the corpus's own, chronological for TREC), the
+// index itself is not a message, and files it does not list are left out.
 func ReadSource(path string, fn func(Item) error) error {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -92,7 +100,8 @@ func readDir(dir string, fn func(Item) error) error {
 // of message files) in ReadSource's order, without reading them: each
 // Item has its Name and the Label its path below dir gives, and no Data
 // (LoadItem reads it). Counting or splitting a large corpus by class
-// then costs no file reads.
+// then costs no file reads (but for a file called index, read to see
+// whether it is a TREC-style index; see ReadSource).
 func ListDir(dir string) ([]Item, error) {
 	var items []Item
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
@@ -115,7 +124,7 @@ func ListDir(dir string) ([]Item, error) {
 		return nil, err
 	}
 	sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
-	return items, nil
+	return applyIndex(items, LoadItem)
 }
 
 // LoadItem reads the data of an Item listed by ListDir (a no-op when it
@@ -170,12 +179,96 @@ func readTar(path string, fn func(Item) error) error {
 		items = append(items, Item{Name: h.Name, Label: LabelFromPath(h.Name), Data: data})
 	}
 	sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
+	items, err = applyIndex(items, func(*Item) error { return nil })
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
 	for _, it := range items {
 		if err := fn(it); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// isIndex reports whether data starts as a TREC-style index: its first
+// non-empty line is "spam PATH" or "ham PATH".
+func isIndex(data []byte) bool {
+	for line := range strings.SplitSeq(string(data[:min(len(data), 4096)]), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		l := strings.ToLower(f[0])
+		return len(f) == 2 && (l == "spam" || l == "ham")
+	}
+	return false
+}
+
+// applyIndex applies a TREC-style index found among items (see
+// ReadSource): the messages it lists, in its order, labelled by it. With
+// no index, items are returned as they are. load reads an item's data
+// (the files called index, here). A file called index whose first line
+// is not an index line is a message like any other. Several indexes, or
+// an index naming a message
+// that is not there or a line that is neither "spam PATH" nor "ham PATH",
+// are errors: a mislabelled evaluation is worse than none.
+func applyIndex(items []Item, load func(*Item) error) ([]Item, error) {
+	at := -1
+	var idx Item
+	for i, it := range items {
+		if path.Base(filepath.ToSlash(it.Name)) != "index" {
+			continue
+		}
+		if err := load(&it); err != nil {
+			return nil, err
+		}
+		if !isIndex(it.Data) {
+			continue // a message that happens to be called index
+		}
+		if at >= 0 {
+			return nil, fmt.Errorf("two corpus indexes: %s and %s", items[at].Name, it.Name)
+		}
+		at, idx = i, it
+	}
+	if at < 0 {
+		return items, nil
+	}
+	base := path.Dir(filepath.ToSlash(idx.Name))
+	byName := make(map[string]int, len(items))
+	for i, it := range items {
+		byName[path.Clean(filepath.ToSlash(it.Name))] = i
+	}
+	out := make([]Item, 0, len(items)-1)
+	used := make([]bool, len(items))
+	for n, line := range strings.Split(string(idx.Data), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		var l Label
+		switch strings.ToLower(f[0]) {
+		case "ham":
+			l = Ham
+		case "spam":
+			l = Spam
+		}
+		if len(f) != 2 || l == Unknown {
+			return nil, fmt.Errorf("%s:%d: want \"spam PATH\" or \"ham PATH\", got %q", idx.Name, n+1, line)
+		}
+		i, ok := byName[path.Clean(path.Join(base, f[1]))]
+		if !ok || i == at {
+			return nil, fmt.Errorf("%s:%d: %s is not in the corpus", idx.Name, n+1, f[1])
+		}
+		if used[i] {
+			return nil, fmt.Errorf("%s:%d: %s is listed twice", idx.Name, n+1, f[1])
+		}
+		used[i] = true
+		it := items[i]
+		it.Label = l
+		out = append(out, it)
+	}
+	return out, nil
 }
 
 // readMbox splits an mbox (mboxrd/mboxo) on "From " lines and unescapes
