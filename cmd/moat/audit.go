@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,10 +36,9 @@ type leakageConfig struct {
 	Secret func(domain string) []byte
 }
 
-// loadLeakageConfig reads --config FILE into a leakageConfig. TODO(lead): fill this
-// in once config.Load exists (gateway hosts, routes from the store,
-// neighbour domains, passmark.DomainSecret(master, domain)); flags given on
-// the command line override the file.
+// loadLeakageConfig reads --config FILE into a leakageConfig (gateway
+// hosts, routes, neighbour domains, pass-mark secrets); flags given on the
+// command line override the file.
 var loadLeakageConfig func(path string) (*leakageConfig, error)
 
 type multiFlag []string
@@ -78,7 +79,7 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 10*time.Second, "timeout of each DNS query and probe step")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: moat audit [options] DOMAIN...\nexit status: 0 clean, 1 leaks found (warning or critical),\n2 usage/configuration error or something could not be checked (DNS failure) and no leak found")
+		fmt.Fprintln(stderr, "usage: moat audit [options] DOMAIN... (or --config FILE alone: every configured domain)\nexit status: 0 clean, 1 leaks found (warning or critical),\n2 usage/configuration error or something could not be checked (DNS failure) and no leak found")
 		fs.PrintDefaults()
 	}
 	// Flags may follow the domains too (moat audit example.com --json).
@@ -93,10 +94,6 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 		domains = append(domains, fs.Arg(0))
 		rest = fs.Args()[1:]
 	}
-	if len(domains) == 0 {
-		fs.Usage()
-		return 2
-	}
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "moat audit:", err)
 		if *asJSON {
@@ -104,9 +101,22 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	if len(domains) == 0 && *cfgPath == "" {
+		fs.Usage()
+		return fail(errors.New("name the domains to audit, or give --config to audit every configured domain"))
+	}
 	lc, err := fromFile(*cfgPath)
 	if err != nil {
 		return fail(err)
+	}
+	if len(domains) == 0 { // every domain the configuration routes
+		for d := range lc.Audit.Routes {
+			domains = append(domains, d)
+		}
+		slices.Sort(domains)
+		if len(domains) == 0 {
+			return fail(fmt.Errorf("%s configures no domains: name the domains to audit", *cfgPath))
+		}
 	}
 	cfg := lc.Audit
 	cfg.Gateway.Hostnames = append(cfg.Gateway.Hostnames, gwHosts...)

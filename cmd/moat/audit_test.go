@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +138,47 @@ func TestAuditCommand(t *testing.T) {
 		if len(args) > 2 && j.Status != "error" || stderr == "" {
 			t.Errorf("%v: json %+v stderr %q", args, j, stderr)
 		}
+	}
+}
+
+// TestAuditConfigDomains: `moat audit --config FILE` with no domain named
+// audits every domain the configuration routes (README's deployment
+// step 2); a configuration without domains is an error naming it.
+func TestAuditConfigDomains(t *testing.T) {
+	z := dnstest.Start(t,
+		"mx1.moat.test. 300 IN A 127.0.0.10",
+		"clean.test. 300 IN MX 10 mx1.moat.test.",
+		"leaky.test. 300 IN MX 10 mx1.moat.test.",
+		"leaky.test. 300 IN MX 90 mbox.isp.test.",
+		"mbox.isp.test. 300 IN A 192.0.2.77",
+	)
+	dir := t.TempDir()
+	write := func(name, domains string) string {
+		p := filepath.Join(dir, name)
+		conf := fmt.Sprintf("hostname: mx1.moat.test\ndata_dir: %s\ngateway:\n  hostnames: [mx1.moat.test]\n  addresses: [127.0.0.10]\naudit:\n  resolver: %q\n  timeout: 2s\n%s", filepath.Join(dir, "data-"+name), z.Addr, domains)
+		if err := os.WriteFile(p, []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	both := write("both.yaml", "domains:\n  - name: leaky.test\n    backends: [\"mbox.isp.test:25\"]\n  - name: clean.test\n    backends: [\"192.0.2.80:25\"]\n")
+	var out, errb bytes.Buffer
+	code := runAudit([]string{"--config", both, "--json"}, &out, &errb)
+	var j auditJSON
+	if err := json.Unmarshal(out.Bytes(), &j); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s\nstderr %s", err, out.String(), errb.String())
+	}
+	var got []string
+	for _, d := range j.Domains {
+		got = append(got, d.Domain+"="+d.Status)
+	}
+	if code != 1 || strings.Join(got, " ") != "clean.test=clean leaky.test=leaks" {
+		t.Fatalf("exit %d, domains %q; want 1 and both configured domains audited (clean.test=clean leaky.test=leaks); stderr %s", code, got, errb.String())
+	}
+	none := write("none.yaml", "")
+	out.Reset()
+	errb.Reset()
+	if code := runAudit([]string{"--config", none, "--json"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "configures no domains") || !strings.Contains(out.String(), `"status":"error"`) {
+		t.Fatalf("no domains configured: exit %d, stderr %q, stdout %q; want 2 and an error naming the problem", code, errb.String(), out.String())
 	}
 }

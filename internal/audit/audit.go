@@ -202,6 +202,14 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 			c := cs.add(ad, "route backend "+b.Host, port)
 			c.backend, c.route = true, true
 			backendName[ad] = b.Host
+			if a.isGateway(ad) {
+				// Every record pointing there looks like Moat: the audit
+				// is blind to this backend, which is not "clean".
+				d.add(Finding{Severity: Warning, Kind: KindCouldNotCheck, Subject: fmt.Sprintf("route backend %s (%s)", b.Host, ad), Address: ad.String(),
+					Explanation: fmt.Sprintf("The backend address %s is one of Moat's own addresses (gateway), so MX records and names pointing at the backend cannot be told apart from ones pointing at Moat, and the backend is never probed: leaks to it were NOT checked.", ad),
+					Fix:         "Give the backend an address outside Moat's gateway addresses (or correct gateway.addresses / the domain's backends), then re-run the audit.",
+					Evidence:    fmt.Sprintf("%s -> %s; gateway addresses %s", b.Host, ad, strings.Join(a.gatewayAddrs(), ", "))})
+			}
 		}
 	}
 	if !routed {
@@ -220,8 +228,18 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		return ""
 	}
 
-	// MX records.
+	// MX records, and the apex at the same time: when both time out, the
+	// domain's name servers are not answering, and asking for every
+	// guessable name would only wait for dozens more timeouts.
+	var apexErr error
+	apexDone := make(chan struct{})
+	go func() {
+		defer close(apexDone)
+		_, _, apexErr = a.r.resolve(ctx, domain)
+	}()
 	mxs, err := a.r.mxs(ctx, domain)
+	<-apexDone
+	deadZone := isTimeout(err) && isTimeout(apexErr)
 	mxFailed := false
 	if err != nil {
 		if errors.Is(err, errNXDomain) {
@@ -295,6 +313,7 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		if len(notes) > 0 {
 			evidence += "; " + strings.Join(notes, "; ")
 		}
+		someGW := len(leakAddrs) < len(addrs)
 		if allGW {
 			moatMX++
 			if len(chain) > 0 || literal {
@@ -317,7 +336,20 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		}
 		sev := Critical
 		why := fmt.Sprintf("This MX is not one of Moat's hosts. Spammers ignore MX priorities and deliver to the lowest-priority MX on purpose, so mail sent to %s skips every Moat check.", m.Host)
+		fix := fmt.Sprintf("Delete the record %q from the zone of %s; list only %s as MX. If you want a fallback, Moat queues mail itself; senders queue too when all MX are down.",
+			record, domain, gwList)
 		switch {
+		case someGW:
+			// Partly Moat: e.g. Moat's IPv4 address plus an AAAA of the
+			// backend. Senders pick any address of the name.
+			moatMX++
+			owner := m.Host
+			if len(chain) > 0 {
+				owner = chain[len(chain)-1]
+			}
+			bad := addrRecords(owner, nil, leakAddrs)
+			why = fmt.Sprintf("%s resolves to Moat but also to %s, which is not Moat: senders choose any address of an MX host (IPv6-capable senders prefer the AAAA), so part of the domain's mail skips every Moat check.", m.Host, addrList(leakAddrs))
+			fix = fmt.Sprintf("Delete the address record(s) %q, so that %s resolves only to Moat's addresses, or point the MX at %s directly.", bad, owner, gwList)
 		case len(addrs) == 0:
 			sev = Warning
 			why = fmt.Sprintf("This MX is not one of Moat's hosts and %s does not resolve now (dangling): whoever gets that name or address receives the domain's mail, and senders waste time on it.", m.Host)
@@ -327,9 +359,7 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 			why += " Its target is also an IP address literal, which RFC 5321 forbids; spammers use it anyway."
 		}
 		d.add(Finding{Severity: sev, Kind: KindMXLeak, Subject: subject, Record: record, Address: addrList(leakAddrs), Evidence: evidence,
-			Explanation: why,
-			Fix: fmt.Sprintf("Delete the record %q from the zone of %s; list only %s as MX. If you want a fallback, Moat queues mail itself; senders queue too when all MX are down.",
-				record, domain, gwList)})
+			Explanation: why, Fix: fix})
 	}
 	if moatMX == 0 && !mxFailed && !(nullMX && realMX == 0) {
 		w := "None of the domain's MX records points at Moat"
@@ -341,23 +371,72 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 			Fix:         fmt.Sprintf("Publish MX records pointing at %s only.", gwList)})
 	}
 
-	// Guessable names, apex, wildcard and SPF hints, in parallel.
+	// Guessable names, apex, wildcard and SPF hints, in parallel; the MX
+	// records of the guessable names and of common subdomains too (a
+	// subdomain with its own MX to the backend skips Moat).
 	var (
 		mu    sync.Mutex
 		wg    sync.WaitGroup
 		named []nameAddrs
+		subs  []subMX
 	)
-	lookup := func(label, fqdn string) {
-		defer wg.Done()
-		select {
-		case a.sem <- struct{}{}:
-		case <-ctx.Done():
+	wildName := "moat-audit-" + randHex(6) + "." + domain
+	wildShown := wildName // the name whose answer showed the wildcard
+	// subMXs looks up the MX records of fqdn (a name under the domain) and
+	// their addresses; reportErr: a failed MX lookup is reported.
+	subMXs := func(label, fqdn string, reportErr bool) {
+		ms, err := a.r.mxs(ctx, fqdn)
+		if err != nil {
+			if reportErr && !errors.Is(err, errNXDomain) {
+				mu.Lock()
+				a.couldNotCheck(d, fqdn+". IN MX", err)
+				mu.Unlock()
+			}
 			return
 		}
+		for _, m := range ms {
+			if m.Host == "" || a.gwNames[m.Host] {
+				continue
+			}
+			addrs, chain, err := a.r.resolve(ctx, m.Host)
+			mu.Lock()
+			if err != nil && !errors.Is(err, errNXDomain) {
+				a.couldNotCheck(d, fmt.Sprintf("MX %d %s of %s", m.Pref, m.Host, fqdn), err)
+			}
+			subs = append(subs, subMX{label: label, fqdn: fqdn, mx: m, addrs: addrs, chain: chain})
+			mu.Unlock()
+		}
+	}
+	acquire := func() bool {
+		select {
+		case a.sem <- struct{}{}:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	lookup := func(label, fqdn string) {
+		defer wg.Done()
+		if !acquire() {
+			return
+		}
+		defer func() { <-a.sem }()
 		addrs, chain, err := a.r.resolve(ctx, fqdn)
-		<-a.sem
+		if label == "*" && len(addrs) == 0 && (err == nil || errors.Is(err, errNXDomain)) {
+			// Servers that do not synthesise wildcard answers (some
+			// test and appliance servers) still answer for the name
+			// "*.DOMAIN" itself.
+			lit := "*." + domain
+			if la, lc, lerr := a.r.resolve(ctx, lit); lerr == nil && len(la) > 0 {
+				addrs, chain, err = la, lc, nil
+				mu.Lock()
+				wildShown = lit
+				mu.Unlock()
+			} else if lerr == nil || errors.Is(lerr, errNXDomain) {
+				subMXs(label, lit, false)
+			}
+		}
 		mu.Lock()
-		defer mu.Unlock()
 		if err != nil && !errors.Is(err, errNXDomain) {
 			shown := fqdn
 			if label == "*" {
@@ -368,22 +447,46 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		if len(addrs) > 0 {
 			named = append(named, nameAddrs{label, addrs, chain})
 		}
+		mu.Unlock()
+		if label != "@" && !errors.Is(err, errNXDomain) {
+			subMXs(label, fqdn, err == nil)
+		}
 	}
-	wildName := "moat-audit-" + randHex(6) + "." + domain
-	wg.Add(2 + len(a.guess))
-	go lookup("*", wildName)
-	go lookup("@", domain)
-	for _, g := range a.guess {
-		go lookup(g, g+"."+domain)
+	lookupMX := func(label, fqdn string) {
+		defer wg.Done()
+		if !acquire() {
+			return
+		}
+		defer func() { <-a.sem }()
+		subMXs(label, fqdn, true)
 	}
 	var spfHosts []spfHint
 	var spfErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		spfHosts, spfErr = a.spf(ctx, domain)
-	}()
-	wg.Wait()
+	if deadZone {
+		d.add(Finding{Severity: Warning, Kind: KindCouldNotCheck, Subject: "names under " + domain + " (apex, mail., smtp., ..., wildcard, subdomain MX, SPF)",
+			Explanation: fmt.Sprintf("The domain's name servers did not answer in time, neither for its MX records nor for its own address (%v), so the names spammers guess under it, its wildcard, its subdomains' MX records and its SPF record were not checked: the domain is NOT known to be clean.", apexErr),
+			Fix:         "Make the domain's name servers answer (timeouts also delay legitimate mail), check the resolver (--resolver, audit.resolver), then re-run the audit.",
+			Evidence:    apexErr.Error()})
+	} else {
+		wg.Add(2 + len(a.guess))
+		go lookup("*", wildName)
+		go lookup("@", domain)
+		for _, g := range a.guess {
+			go lookup(g, g+"."+domain)
+		}
+		for _, l := range subdomainLabels {
+			if !slices.Contains(a.guess, l) {
+				wg.Add(1)
+				go lookupMX(l, l+"."+domain)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			spfHosts, spfErr = a.spf(ctx, domain)
+		}()
+		wg.Wait()
+	}
 	if spfErr != nil {
 		a.couldNotCheck(d, "SPF record of "+domain, spfErr)
 	}
@@ -416,7 +519,7 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		}
 		h := guessHit{fqdn: fqdn, record: addrRecords(fqdn, n.chain, n.addrs), evidence: resolution(fqdn, n.chain, n.addrs)}
 		if n.name == "*" {
-			h.evidence = resolution(wildName, n.chain, n.addrs) + " (any name resolves: wildcard)"
+			h.evidence = resolution(wildShown, n.chain, n.addrs) + " (any name resolves: wildcard)"
 			h.record = addrRecords(fqdn, nil, n.addrs)
 			if len(n.chain) > 0 {
 				h.record = fmt.Sprintf("%s. IN CNAME %s.", fqdn, n.chain[0])
@@ -441,6 +544,14 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 	for _, h := range spfHosts {
 		if !a.isGateway(h.addr) {
 			cs.add(h.addr, "SPF "+h.source, 0)
+		}
+	}
+	subs = a.dedupeSubMX(subs, domain)
+	for _, sm := range subs {
+		for _, ad := range sm.addrs {
+			if !a.isGateway(ad) {
+				cs.add(ad, "MX of "+sm.owner(domain), 0)
+			}
 		}
 	}
 
@@ -550,6 +661,56 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		}
 	}
 
+	// Subdomains with their own MX leading to a mail server of the domain.
+	for _, sm := range subs {
+		var hit []netip.Addr
+		open := false
+		for _, ad := range sm.addrs {
+			c, ok := cs.m[ad]
+			if !ok || a.isGateway(ad) || !(c.backend || c.accepts) {
+				continue
+			}
+			hit = append(hit, ad)
+			if !c.probed || c.open {
+				open = true
+			}
+		}
+		if len(hit) == 0 {
+			continue // hosted elsewhere: not this domain's server
+		}
+		owner := sm.owner(domain)
+		record := fmt.Sprintf("%s. IN MX %d %s.", owner, sm.mx.Pref, sm.mx.Host)
+		ev := resolution(sm.mx.Host, sm.chain, sm.addrs)
+		var notes []string
+		for _, ad := range hit {
+			if w := what(ad); w != "" {
+				notes = append(notes, w)
+			} else if cs.m[ad].accepts {
+				notes = append(notes, ad.String()+" accepted RCPT for the domain")
+			}
+		}
+		if len(notes) > 0 {
+			ev += "; " + strings.Join(notes, "; ")
+		}
+		sev := Critical
+		why := fmt.Sprintf("%s has its own MX record pointing at this domain's mail server, not at Moat: mail for anyone@%s is delivered straight to the backend without any Moat check, and the record shows spammers where the backend is.", owner, owner)
+		if sm.label == "*" {
+			why = fmt.Sprintf("A wildcard MX record makes every name under %s (lists., sub., anything a spammer makes up) receive mail at this domain's mail server, not at Moat: that mail skips every Moat check.", domain)
+		}
+		fix := fmt.Sprintf("If %s receives mail, point its MX at %s and add it to Moat's domains (with the same backend); otherwise delete the record %q. Lock the backend down (%s).",
+			owner, gwList, record, a.lockdownCommand(hit, nil, routePorts))
+		if sm.label == "*" {
+			fix = fmt.Sprintf("Delete the wildcard record %q; give each subdomain that really receives mail its own MX pointing at %s and add it to Moat's domains. Lock the backend down (%s).",
+				record, gwList, a.lockdownCommand(hit, nil, routePorts))
+		}
+		if !open {
+			sev = Info
+			why += " The probe found the server locked (every connection from a non-Moat address was refused), so mail for " + owner + " bounces instead: route it through Moat or delete the record."
+		}
+		d.add(Finding{Severity: sev, Kind: KindMXLeak, Subject: fmt.Sprintf("MX of %s: %d %s (%s)", owner, sm.mx.Pref, sm.mx.Host, addrList(hit)),
+			Record: record, Address: addrList(hit), Evidence: ev, Explanation: why, Fix: fix})
+	}
+
 	// SPF hints (informational): the record names a mail server of the domain.
 	seenSPF := map[netip.Addr]bool{}
 	for _, h := range spfHosts {
@@ -588,6 +749,59 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 	}
 	d.setStatus()
 	return d
+}
+
+// subdomainLabels are subdomains whose own MX records are checked besides
+// the guessable names (for subdomains that receive mail of their own).
+var subdomainLabels = []string{
+	"sub", "subdomain", "lists", "list", "corp", "internal", "intranet", "office", "hq", "staff",
+	"dev", "test", "staging", "old", "legacy", "support", "news", "newsletter", "marketing",
+	"bounce", "bounces", "info", "sales", "eu", "us", "uk", "de", "fr",
+}
+
+// subMX is one MX record of a name under the domain.
+type subMX struct {
+	label string // as in nameAddrs; "*" for the wildcard
+	fqdn  string // the name asked (the random probe name for the wildcard)
+	mx    mx
+	addrs []netip.Addr
+	chain []string
+}
+
+// owner is the record's owner name as the zone has it.
+func (s subMX) owner(domain string) string {
+	if s.label == "*" {
+		return "*." + domain
+	}
+	return s.fqdn
+}
+
+// dedupeSubMX drops names whose MX records are those synthesised from a
+// wildcard MX (reported once, as the wildcard), and duplicates.
+func (a *auditor) dedupeSubMX(subs []subMX, domain string) []subMX {
+	wild := map[string]bool{}
+	for _, s := range subs {
+		if s.label == "*" {
+			wild[fmt.Sprint(s.mx.Pref, s.mx.Host)] = true
+		}
+	}
+	seen := map[string]bool{}
+	var out []subMX
+	for _, s := range subs {
+		k := fmt.Sprint(s.mx.Pref, s.mx.Host)
+		if s.label != "*" && wild[k] {
+			continue
+		}
+		if seen[s.owner(domain)+" "+k] {
+			continue
+		}
+		seen[s.owner(domain)+" "+k] = true
+		out = append(out, s)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		return out[i].owner(domain) < out[j].owner(domain) || out[i].owner(domain) == out[j].owner(domain) && out[i].mx.Pref < out[j].mx.Pref
+	})
+	return out
 }
 
 // gatewayAddrs are Moat's addresses as strings (configured and resolved).

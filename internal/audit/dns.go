@@ -138,20 +138,36 @@ func (r *resolver) resolve(ctx context.Context, name string) ([]netip.Addr, []st
 	var chain []string
 	nx := 0
 	var firstErr error
-	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
-		got, ch, err := r.follow(ctx, name, qt)
-		if len(ch) > len(chain) {
-			chain = ch
+	// A and AAAA are asked at once: against name servers that do not
+	// answer, one timeout instead of two.
+	type famResult struct {
+		got []netip.Addr
+		ch  []string
+		err error
+	}
+	var fam [2]famResult
+	var wg sync.WaitGroup
+	for i, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fam[i].got, fam[i].ch, fam[i].err = r.follow(ctx, name, qt)
+		}()
+	}
+	wg.Wait()
+	for _, f := range fam {
+		if len(f.ch) > len(chain) {
+			chain = f.ch
 		}
 		switch {
-		case errors.Is(err, errNXDomain):
+		case errors.Is(f.err, errNXDomain):
 			nx++
-		case err != nil:
+		case f.err != nil:
 			if firstErr == nil {
-				firstErr = err
+				firstErr = f.err
 			}
 		}
-		out = append(out, got...)
+		out = append(out, f.got...)
 	}
 	// A failed lookup of one family makes the answer incomplete: report
 	// it, even when the other family answered (an unchecked AAAA may be
@@ -222,6 +238,13 @@ func (r *resolver) follow(ctx context.Context, name string, qt uint16) ([]netip.
 type mx struct {
 	Pref uint16
 	Host string // lower case, no trailing dot; "" for a null MX
+}
+
+// isTimeout reports whether err is a lookup that got no answer at all
+// (the server did not reply in time), as opposed to an answered error.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err != nil && !errors.Is(err, errNXDomain) && (errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded))
 }
 
 func (r *resolver) mxs(ctx context.Context, domain string) ([]mx, error) {

@@ -352,7 +352,7 @@ func domainOf(s scenario) string {
 // reports exactly the planted leaks, with the exit code.
 func TestAuditScenarios(t *testing.T) {
 	w := newScenarioWorld(t)
-	for _, s := range scenarios(w) {
+	for _, s := range append(scenarios(w), extraScenarios(w)...) {
 		t.Run(s.name, func(t *testing.T) {
 			if s.v6 && !w.v6 {
 				t.Skip("no IPv6 loopback")
