@@ -54,6 +54,15 @@ func extraScenarios(w *scenarioWorld) []scenario {
 					t.Errorf("mixed MX finding: %+v", f)
 				}
 			}},
+		{name: "SPF include that fails: a hint, not a gap", route: open, exit: 0, infos: []string{"info/spf_reveals"},
+			records: []string{moatMX("spfinc.test"), `spfinc.test. 300 IN TXT "v=spf1 include:_spf.broken-provider.test ip4:127.0.0.10 -all"`},
+			setup:   func(z *zoneServer) { z.setFail("_spf.broken-provider.test", dns.RcodeRefused) }},
+		{name: "own SPF record unreadable, no probe: a hint, not a gap", route: open, exit: 0, infos: []string{"info/spf_reveals"},
+			records: []string{moatMX("spfown.test")},
+			setup:   func(z *zoneServer) { z.setFailType("spfown.test", dns.TypeTXT, dns.RcodeServerFailure) }},
+		{name: "own SPF record unreadable, probing: its hints were not probed", route: locked, probe: true, exit: 2, leaks: []string{"warning/could_not_check"},
+			records: []string{moatMX("spfown2.test")},
+			setup:   func(z *zoneServer) { z.setFailType("spfown2.test", dns.TypeTXT, dns.RcodeServerFailure) }},
 		{name: "route backend on Moat's own address", route: []Backend{{Host: "127.0.0.10", Port: p}}, exit: 2, leaks: []string{"warning/could_not_check"},
 			records: []string{moatMX("gwback.test")}},
 		{name: "timeout: the domain's name servers never answer", route: locked, exit: 2, leaks: []string{"warning/could_not_check", "warning/could_not_check"},

@@ -22,6 +22,7 @@ const maxSPFLookups = 10
 func (a *auditor) spf(ctx context.Context, domain string) ([]spfHint, error) {
 	lookups := 0
 	var out []spfHint
+	var incErr error // the first include that could not be read
 	var walk func(name string, depth int) error
 	walk = func(name string, depth int) error {
 		txts, err := a.r.txts(ctx, name)
@@ -48,8 +49,8 @@ func (a *auditor) spf(ctx context.Context, domain string) ([]spfHint, error) {
 				}
 				if next != "" && depth == 0 && lookups < maxSPFLookups {
 					lookups++
-					if err := walk(next, depth+1); err != nil {
-						return err
+					if err := walk(next, depth+1); err != nil && incErr == nil {
+						incErr = &spfIncludeError{name: next, err: err}
 					}
 				}
 			}
@@ -58,8 +59,21 @@ func (a *auditor) spf(ctx context.Context, domain string) ([]spfHint, error) {
 		return nil
 	}
 	err := walk(domain, 0)
+	if err == nil {
+		err = incErr
+	}
 	return out, err
 }
+
+// spfIncludeError is a failed lookup of a record the domain's SPF
+// record includes or redirects to.
+type spfIncludeError struct {
+	name string
+	err  error
+}
+
+func (e *spfIncludeError) Error() string { return "SPF include " + e.name + ": " + e.err.Error() }
+func (e *spfIncludeError) Unwrap() error { return e.err }
 
 type spfLookup struct {
 	kind string // "a" or "mx"

@@ -60,6 +60,13 @@ func (z *zoneServer) setFail(name string, rcode int) {
 	z.mu.Unlock()
 }
 
+// setFailType answers queries of one type for name with rcode.
+func (z *zoneServer) setFailType(name string, qtype uint16, rcode int) {
+	z.mu.Lock()
+	z.fail[strings.ToLower(dns.Fqdn(name))+"/"+dns.TypeToString[qtype]] = rcode
+	z.mu.Unlock()
+}
+
 func (z *zoneServer) setDrop(name string) {
 	z.mu.Lock()
 	z.drop[strings.ToLower(dns.Fqdn(name))] = true
@@ -122,7 +129,11 @@ func (z *zoneServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 		z.mu.Unlock()
 		return // no answer at all: the client times out
 	}
-	if rc, ok := z.fail[name]; ok {
+	rc, ok := z.fail[name]
+	if !ok {
+		rc, ok = z.fail[name+"/"+dns.TypeToString[q.Qtype]]
+	}
+	if ok {
 		z.mu.Unlock()
 		m.Rcode = rc
 		w.WriteMsg(m)
