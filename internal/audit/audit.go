@@ -834,7 +834,7 @@ func (a *auditor) gatewayAddrs() []string {
 // addresses' ports (default: 25 and the route ports).
 func (a *auditor) lockdownCommand(addrs []netip.Addr, ports []int, routePorts map[int]bool) string {
 	if len(ports) == 0 {
-		ports = []int{25}
+		ports = []int{a.cfg.SMTPPort} // port 25 but in tests
 		for p := range routePorts {
 			if !slices.Contains(ports, p) {
 				ports = append(ports, p)
