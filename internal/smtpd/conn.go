@@ -114,6 +114,7 @@ type sconn struct {
 
 type dataFlags struct {
 	bareCR, bareLF, nul, longLine bool
+	eightBit                      bool // an octet >= 0x80 (declared or not)
 }
 
 func (f dataFlags) smuggling() bool { return f.bareCR || f.bareLF || f.nul }
@@ -459,11 +460,12 @@ func (c *sconn) checkParams(verb, rest string, pa parsedAddr) bool {
 		switch key {
 		case "SIZE":
 			n, err := strconv.ParseUint(val, 10, 64)
-			if !hasVal || err != nil || len(val) > 20 {
+			if !hasVal || len(val) > 20 || err != nil && !errors.Is(err, strconv.ErrRange) {
 				c.reply(501, [3]int{5, 5, 4}, "Bad SIZE syntax", "syntax", true)
 				return false
 			}
-			if n > uint64(c.srv.cfg.MaxMessageSize) {
+			// 1*20DIGIT (RFC 1870): a value past uint64 is merely too big.
+			if err != nil || n > uint64(c.srv.cfg.MaxMessageSize) {
 				c.reply(552, [3]int{5, 3, 4}, "Message size exceeds fixed limit", "size", false)
 				return false
 			}
@@ -501,6 +503,15 @@ func esmtpKeyword(k string) bool {
 		}
 	}
 	return true
+}
+
+func hasHighBit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
 }
 
 func isASCII(s string) bool {
@@ -623,6 +634,9 @@ func (c *sconn) scan(buf []byte) (int, bool) {
 			for j < len(buf) && buf[j] > '\r' {
 				j++
 			}
+			if !f.eightBit {
+				f.eightBit = hasHighBit(buf[i:j])
+			}
 			if prevCR {
 				f.bareCR = true
 			}
@@ -645,6 +659,10 @@ func (c *sconn) scan(buf []byte) (int, bool) {
 			lineLen = -1
 		case 0:
 			f.nul = true
+		default:
+			if b >= 0x80 {
+				f.eightBit = true
+			}
 		}
 		lineLen++
 		prevCR = b == '\r'
@@ -766,8 +784,10 @@ func (c *sconn) filter(line []byte) []byte {
 			return []byte("250-SIZE " + strconv.FormatInt(c.srv.cfg.MaxMessageSize, 10) + "\r\n")
 		}
 		if c.lastVerb == "EHLO" && strings.HasPrefix(capa, "Hello ") {
-			// RFC 5321 4.1.1.1: the first line names the server.
-			return []byte("250-" + c.srv.cfg.Hostname + " " + capa + "\r\n")
+			// RFC 5321 4.1.1.1: the first line names the server. The
+			// client's name is echoed as printable ASCII only (4.2:
+			// reply text is a textstring).
+			return []byte("250-" + c.srv.cfg.Hostname + " Hello " + replyEcho(c.pendingHelo) + "\r\n")
 		}
 	}
 	if code == 502 && final && c.reason == "" {
@@ -802,6 +822,12 @@ func (c *sconn) filter(line []byte) []byte {
 	case code == 250 && c.lastVerb == "DATA":
 		c.junk = 0 // a message was accepted
 	case code == 250 && (c.lastVerb == "HELO" || c.lastVerb == "EHLO"):
+		if c.lastVerb == "HELO" {
+			// go-smtp answers "250 2.0.0 Hello NAME": RFC 5321 4.1.1.1
+			// wants the server's own name first, and RFC 2034 4 puts no
+			// enhanced code on the response to HELO.
+			line = []byte("250 " + c.srv.cfg.Hostname + " Hello " + replyEcho(c.pendingHelo) + "\r\n")
+		}
 		c.heloSeen, c.heloRan = true, false
 		c.esmtp = c.lastVerb == "EHLO"
 		c.pc.Helo = c.pendingHelo
@@ -834,6 +860,22 @@ func (c *sconn) filter(line []byte) []byte {
 }
 
 func isDigit(b byte) bool { return b >= '0' && b <= '9' }
+
+// replyEcho makes client-supplied text (the HELO name) safe to echo in a
+// reply: printable US-ASCII only (RFC 5321 4.2 textstring), at most 255
+// octets.
+func replyEcho(s string) string {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	b := []byte(s)
+	for i, ch := range b {
+		if ch < ' ' || ch > '~' {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
 
 // onConnect runs before the greeting: SYN capture, the optional greeting
 // pause (pregreet detection) and the connection checks. It reports false

@@ -494,6 +494,9 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 	if s.c.tlsOn {
 		proto += "S"
 	}
+	// 8-bit content sent without BODY=8BITMIME is still 8-bit: it is
+	// relayed declared as such (RFC 6152), as Postfix does.
+	eightBit := t.eightBit || s.c.dflags.eightBit
 	env := &queue.Envelope{
 		ID:       t.t.ID,
 		From:     t.t.From.String(),
@@ -502,7 +505,7 @@ func (s *session) envelope(t *txnState, dec *policy.Decision, size int64, tagged
 			IP: pc.IP.String(), Port: pc.Port, Helo: pc.Helo, PTR: pc.ClientName(), TLS: s.c.tlsOn, TLSDesc: s.c.tlsDesc, Proto: proto,
 		},
 		Size:     size,
-		EightBit: t.eightBit,
+		EightBit: eightBit,
 		SMTPUTF8: t.utf8,
 	}
 	for _, rc := range t.t.Rcpts {

@@ -1,0 +1,63 @@
+package smtpd
+
+import (
+	"strings"
+	"testing"
+)
+
+// The response to HELO names the server and carries no enhanced code
+// (RFC 5321 4.1.1.1, RFC 2034 4); a client's HELO/EHLO name is echoed as
+// printable ASCII only (RFC 5321 4.2).
+func TestHeloReplies(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.dial()
+	c.reply()
+	c.expect("HELO client.test", "250 mx.moat.test Hello client.test")
+	if got := c.cmd("HELO bad\xff\xfe(name)"); got != "250 mx.moat.test Hello bad??(name)" {
+		t.Fatalf("HELO with 8-bit name: %q", got)
+	}
+	c.send("EHLO caf\xc3\xa9.test\r\n")
+	lines := c.replyLines()
+	if lines[0] != "250-mx.moat.test Hello caf??.test" {
+		t.Fatalf("EHLO first line %q", lines[0])
+	}
+	c.expect("MAIL FROM:<a@sender.test>", "250 ")
+}
+
+// SIZE= with more digits than uint64 holds (still 1*20DIGIT, RFC 1870) is
+// too big, not a syntax error.
+func TestSizeOverflow(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.dial().start()
+	c.expect("MAIL FROM:<a@sender.test> SIZE=99999999999999999999", "552 5.3.4")
+	c.expect("MAIL FROM:<a@sender.test> SIZE=999999999999999999999", "501 5.5.4")
+	c.expect("MAIL FROM:<a@sender.test> SIZE=-1", "501 5.5.4")
+	c.expect("MAIL FROM:<a@sender.test> SIZE=100", "250 ")
+}
+
+// 8-bit content sent without BODY=8BITMIME is recorded as 8-bit, so the
+// relay declares it to the backend (RFC 6152); 7-bit mail stays 7-bit.
+func TestUndeclared8BitContent(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.dial().start()
+	for _, body := range []string{
+		"plain ascii\r\n",
+		"caf\xc3\xa9 in the middle\r\n",
+		"\xc3\xa9 at the start of a line\r\n",
+	} {
+		c.expect("MAIL FROM:<a@sender.test>", "250 ")
+		c.expect("RCPT TO:<b@customer.example>", "250 ")
+		c.expect("DATA", "354 ")
+		c.expect(msg("t", body)+".", "250 2.0.0 Ok: queued as ")
+	}
+	ids := e.spool.ids()
+	if len(ids) != 3 {
+		t.Fatalf("committed %d", len(ids))
+	}
+	for i, want := range []bool{false, true, true} {
+		raw, env := e.spool.message(t, ids[i])
+		if env.EightBit != want {
+			t.Errorf("message %d (%q): EightBit %v, want %v", i, strings.SplitN(string(raw), "\r\n\r\n", 2)[1], env.EightBit, want)
+		}
+	}
+}
