@@ -67,9 +67,8 @@ func Digest(r io.Reader) ([]byte, error) { return digest(r, -1) }
 // digest computes the digest over the fields in mask (-1: those present).
 func digest(r io.Reader, mask int) ([]byte, error) {
 	br := bufio.NewReader(r)
-	tp := textproto.NewReader(br)
-	hdr, err := tp.ReadMIMEHeader()
-	if err != nil && !errors.Is(err, io.EOF) {
+	hdr, first, err := readHeader(br)
+	if err != nil {
 		return nil, fmt.Errorf("passmark: reading header: %w", err)
 	}
 	if mask < 0 {
@@ -96,7 +95,12 @@ func digest(r io.Reader, mask int) ([]byte, error) {
 	// CRLF does not break the mark, but any change of content does.
 	var blank int
 	for {
-		line, err := br.ReadBytes('\n')
+		line, err := first, error(nil)
+		if first != nil {
+			first = nil
+		} else {
+			line, err = br.ReadBytes('\n')
+		}
 		if len(line) > 0 {
 			line = bytes.TrimRight(line, "\r\n")
 			if len(line) == 0 {
@@ -117,6 +121,66 @@ func digest(r io.Reader, mask int) ([]byte, error) {
 		}
 	}
 	return append([]byte{byte(mask)}, h.Sum(nil)...), nil
+}
+
+// readHeader reads a message's header section, as tolerant as the mail
+// on the wire needs: it ends at the empty line, at the end of the input,
+// or at the first line that is neither a field ("Name: value", a printable
+// name) nor the continuation of one. That line (not a header line, as
+// Postfix's cleanup also decides) is returned as the body's first line,
+// with its line ending. textproto refuses such a header outright, which
+// would leave a message Moat accepted impossible to sign.
+func readHeader(br *bufio.Reader) (textproto.MIMEHeader, []byte, error) {
+	hdr := textproto.MIMEHeader{}
+	var key string // the field being read (for continuations)
+	var val []string
+	flush := func() {
+		if key != "" {
+			hdr[key] = append(hdr[key], strings.Join(val, " "))
+		}
+		key, val = "", val[:0]
+	}
+	for {
+		line, err := br.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, nil, err
+		}
+		text := bytes.TrimRight(line, "\r\n")
+		switch {
+		case len(line) == 0: // end of input
+			flush()
+			return hdr, nil, nil
+		case len(text) == 0: // the empty line ending the header
+			flush()
+			return hdr, nil, nil
+		case (text[0] == ' ' || text[0] == '\t') && key != "":
+			val = append(val, strings.TrimSpace(string(text)))
+		default:
+			colon := bytes.IndexByte(text, ':')
+			if colon <= 0 || !fieldName(text[:colon]) {
+				flush()
+				return hdr, line, nil // the body starts here
+			}
+			flush()
+			key = textproto.CanonicalMIMEHeaderKey(string(text[:colon]))
+			val = append(val, strings.TrimSpace(string(text[colon+1:])))
+		}
+		if err != nil { // io.EOF after a last line without its ending
+			flush()
+			return hdr, nil, nil
+		}
+	}
+}
+
+// fieldName reports whether b is a header field name (RFC 5322 2.2:
+// printable US-ASCII but the colon).
+func fieldName(b []byte) bool {
+	for _, c := range b {
+		if c < 33 || c > 126 {
+			return false
+		}
+	}
+	return true
 }
 
 func rcptTag(secret []byte, rcpt string) string {
@@ -263,8 +327,10 @@ func VerifyMessage(secret []byte, raw []byte, rcpts []string, opt Options) (*Par
 	if hdrEnd < 0 {
 		hdrEnd = len(raw)
 	}
-	tp := textproto.NewReader(bufio.NewReader(io.MultiReader(bytes.NewReader(raw[:hdrEnd]), strings.NewReader("\r\n\r\n"))))
-	hdr, _ := tp.ReadMIMEHeader()
+	hdr, _, err := readHeader(bufio.NewReader(bytes.NewReader(raw[:hdrEnd])))
+	if err != nil {
+		return nil, err
+	}
 	vals := hdr[textproto.CanonicalMIMEHeaderKey(Field)]
 	if len(vals) == 0 {
 		return nil, ErrMissing

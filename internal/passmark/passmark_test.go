@@ -2,6 +2,7 @@ package passmark
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -104,5 +105,53 @@ func TestFieldsAddedOnTheWay(t *testing.T) {
 	removed := marked + strings.Replace(bare, "Subject: hi\r\n", "", 1)
 	if _, err := VerifyMessage(secret, []byte(removed), []string{"bob@example.com"}, Options{}); !errors.Is(err, ErrAltered) {
 		t.Fatalf("a removed Subject: got %v, want ErrAltered", err)
+	}
+}
+
+// TestDigestUnchanged pins digests made before the header reader was
+// Moat's own (textproto's): marks already on their way still verify.
+func TestDigestUnchanged(t *testing.T) {
+	for raw, want := range map[string]string{
+		"From: a@b.example\r\nTo: c@d.example\r\nSubject:  hello\r\n   folded  world\r\nMessage-ID: <1@b>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nbody line\r\n\r\n\r\n": "3bc7a5cbd0250880b775dc8cb6f1d4d5b1eb0e82f68d8ca97994b3310426109cfe",
+		"Received: from x\r\n\tby y\r\nsubject: lower\r\n\r\n": "08e8f110e92f83ed5531012abf0923f2e3fb9bc26a6e84435c9eebe1c1e313370b",
+		"X-A: 1\r\n": "0001ba4719c80b6fe911b091a7c05124b64eeece964e09c058ef8f9805daca546b",
+	} {
+		d, err := Digest(strings.NewReader(raw))
+		if err != nil || hex.EncodeToString(d) != want {
+			t.Errorf("digest of %q: %x, %v; want %s", raw, d, err, want)
+		}
+	}
+}
+
+// TestMalformedHeaderSigns: mail whose header section is not one (no
+// header at all, or a line in it that is not a field) is accepted SMTP;
+// its mark must be made and verified, and still cover the content.
+func TestMalformedHeaderSigns(t *testing.T) {
+	master := []byte("0123456789abcdef0123456789abcdef")
+	secret := DomainSecret(master, "example.com")
+	for _, body := range []string{
+		"Just a body line\r\n\r\nmore\r\n",
+		"x\r\n",
+		"Subject: hi\r\nthis line is not a field\r\nFrom: x@y.example\r\n\r\nbody\r\n",
+		"Subject : spaced\r\n\r\nbody\r\n",
+		" leading continuation\r\n\r\nbody\r\n",
+	} {
+		// As the relay sends it: Moat's fields in front, then the message
+		// given the empty line it lacks (or not: both must verify).
+		for _, raw := range []string{body, "\r\n" + body} {
+			m := mark(t, secret, "Received: by moat\r\n"+raw, []string{"bob@example.com"}, time.Now())
+			full := m + "Received: by moat\r\n" + raw
+			if _, err := VerifyMessage(secret, []byte(full), []string{"bob@example.com"}, Options{}); err != nil {
+				t.Errorf("%q: %v", raw, err)
+			}
+			altered := strings.Replace(full, "body", "bodY", 1)
+			if altered == full {
+				i := strings.LastIndex(full, "x\r\n") // the body's, after the mark
+				altered = full[:i] + "y" + full[i+1:]
+			}
+			if _, err := VerifyMessage(secret, []byte(altered), []string{"bob@example.com"}, Options{}); !errors.Is(err, ErrAltered) {
+				t.Errorf("%q altered: %v, want ErrAltered", raw, err)
+			}
+		}
 	}
 }

@@ -82,9 +82,26 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // copyMessage writes the received message from r through nw, putting
 // subjectPrefix in front of the Subject field's value (adding a Subject
 // field if there is none) when subjectPrefix is not empty.
+//
+// A message without a header section of its own (its first line is
+// neither a field nor empty: "hello\r\n.\r\n" is accepted SMTP) gets
+// the empty line it lacks, so that the fields Moat puts in front of it do
+// not run into its first line (as Postfix's cleanup does); the subject
+// prefix then becomes a Subject field of its own.
 func copyMessage(nw *normWriter, r io.Reader, subjectPrefix string) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	if headerless(br) {
+		sep := "\r\n"
+		if subjectPrefix != "" {
+			sep = "Subject: " + string(bytes.TrimRight([]byte(subjectPrefix), " ")) + "\r\n\r\n"
+			subjectPrefix = ""
+		}
+		if _, err := nw.Write([]byte(sep)); err != nil {
+			return err
+		}
+	}
+	r = br
 	if subjectPrefix != "" {
-		br := bufio.NewReaderSize(r, 64<<10)
 		hdr, err := readHeader(br)
 		if err != nil {
 			return err
@@ -92,7 +109,6 @@ func copyMessage(nw *normWriter, r io.Reader, subjectPrefix string) error {
 		if _, err := nw.Write(prefixSubject(hdr, subjectPrefix)); err != nil {
 			return err
 		}
-		r = br
 	}
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
@@ -111,6 +127,29 @@ func copyMessage(nw *normWriter, r io.Reader, subjectPrefix string) error {
 			return err
 		}
 	}
+}
+
+// headerless reports whether the message in br starts with a line that
+// is neither a header field ("Name:", a printable name) nor empty. It
+// reads nothing: it peeks at most the first 1,000 octets.
+func headerless(br *bufio.Reader) bool {
+	b, _ := br.Peek(1000)
+	if i := bytes.IndexAny(b, "\r\n"); i >= 0 { // a lone CR ends a line too (normWriter)
+		b = b[:i]
+	}
+	if len(b) == 0 {
+		return false // empty message, or an empty header section
+	}
+	colon := bytes.IndexByte(b, ':')
+	if colon <= 0 {
+		return true
+	}
+	for _, c := range b[:colon] {
+		if c < 33 || c > 126 {
+			return true
+		}
+	}
+	return false
 }
 
 // readHeader returns the header section including the empty line that ends

@@ -91,6 +91,39 @@ func TestRelayByteExact(t *testing.T) {
 	}
 }
 
+// TestHeaderlessMessage: a message with no header section (accepted SMTP:
+// "x" then the dot) got 250, so it is delivered, marked: Moat's fields,
+// the empty line the message lacked, then the message as sent.
+func TestHeaderlessMessage(t *testing.T) {
+	backend := startSink(t, sink.Config{})
+	g := newGateway(t, "queue:\n  min_backoff: 1s\ndomains:\n"+domainYAML("example.test", backend.Addr(), ""))
+	g.Start()
+	msg := "Just a body line, no header\r\n\r\nmore\r\n"
+	reply, err := send(g.SMTP, "someone@sender.test", []string{"alice@example.test"}, msg)
+	if err != nil || !strings.Contains(reply, "queued as") {
+		t.Fatalf("reply %q, %v", reply, err)
+	}
+	if !backend.Wait(1, 20*time.Second) {
+		t.Fatal("a headerless message accepted with 250 was not delivered")
+	}
+	_, raw, err := sink.ReadFile(backend.Messages()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasSuffix(raw, []byte("\r\n\r\n"+msg)) || !bytes.Contains(raw, []byte("X-Moat-Pass: v=1;")) {
+		t.Fatalf("delivered:\n%q", raw)
+	}
+	out, code := g.moat("pass-secret", "--config", g.cfgPath, "example.test")
+	if code != 0 {
+		t.Fatalf("pass-secret: %d %s", code, out)
+	}
+	secret := filepath.Join(g.dir, "secret.hex")
+	os.WriteFile(secret, []byte(out), 0o600)
+	if out, code := runMoat(t, string(raw), "verify-pass", "--secret-file", secret, "--rcpt", "alice@example.test"); code != 0 {
+		t.Fatalf("verify-pass: exit %d: %s", code, out)
+	}
+}
+
 // TestNotAnOpenRelay: through the whole binary, mail for other domains is
 // refused with 550 5.7.1 and never queued.
 func TestNotAnOpenRelay(t *testing.T) {
