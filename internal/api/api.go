@@ -414,11 +414,22 @@ func jsonError(err error) error {
 	case errors.As(err, &se):
 		return badRequest("invalid JSON at byte %d: %s", se.Offset, strings.TrimPrefix(se.Error(), "json: "))
 	case errors.As(err, &te):
-		field := te.Field
+		field := jsonField(te.Field)
 		if field == "" {
-			return badRequest("request body must be %s, not %s", jsonKind(te.Type.Kind().String()), te.Value)
+			field = "request body"
+		} else {
+			field += ":"
 		}
-		return badRequest("%s: must be %s, not %s", field, jsonKind(te.Type.Kind().String()), te.Value)
+		kind := te.Type.Kind().String()
+		if num, ok := strings.CutPrefix(te.Value, "number "); ok {
+			// A number that does not fit: a fraction or a too large value
+			// for an integer field, or beyond float64 (1e400).
+			if strings.HasPrefix(kind, "float") {
+				return badRequest("%s %s is out of range", field, num)
+			}
+			return badRequest("%s must be a whole number in range, not %s", field, num)
+		}
+		return badRequest("%s must be %s, not %s", field, jsonKind(kind), te.Value)
 	}
 	msg := err.Error()
 	if name, ok := strings.CutPrefix(msg, `json: unknown field "`); ok {
@@ -429,6 +440,15 @@ func jsonError(err error) error {
 		return err
 	}
 	return badRequest("invalid JSON: %s", strings.TrimPrefix(msg, "json: "))
+}
+
+// jsonField is the JSON path of a decoding error's field without the Go
+// names of embedded structs ("PolicyJSON.tag_score" is "tag_score"): the
+// API's JSON keys are all lower case.
+func jsonField(f string) string {
+	parts := strings.Split(f, ".")
+	parts = slices.DeleteFunc(parts, func(p string) bool { return p != "" && p[0] >= 'A' && p[0] <= 'Z' })
+	return strings.Join(parts, ".")
 }
 
 func jsonKind(k string) string {

@@ -106,6 +106,9 @@ func parsePolicy(raw json.RawMessage, site *policy.Policy) (string, error) {
 		if !layerNameRE.MatchString(name) {
 			return "", badRequest("policy.layers: %q is not a check name", name)
 		}
+		if l.FlagScore < -1000 || l.FlagScore > 1000 {
+			return "", badRequest("policy.layers.%s.flag_score: must be between -1000 and 1000", name)
+		}
 		pl := policy.Layer{Mode: policy.Mode(l.Mode), Observe: l.Observe, OnError: l.OnError, FlagScore: l.FlagScore}
 		sp.Layers[name] = pl
 		eff.Layers[name] = pl

@@ -44,8 +44,17 @@ func (a *API) searchMessages(w http.ResponseWriter, r *http.Request, p *principa
 		out.NextOffset = q.Offset + limit
 	}
 	set := toSet(domains)
+	needle := strings.ToLower(q.Rcpt)
 	for _, m := range ms {
-		out.Items = append(out.Items, redactMessage(m, scoped, set))
+		m = redactMessage(m, scoped, set)
+		// The tracker matches ?rcpt= against every recipient of a message,
+		// the other tenants' too: keep a message only if one of the
+		// caller's own recipients matches, or ?rcpt= would tell a scoped
+		// caller who else a shared message went to.
+		if scoped && needle != "" && !slices.ContainsFunc(m.Rcpts, func(a string) bool { return strings.Contains(strings.ToLower(a), needle) }) {
+			continue
+		}
+		out.Items = append(out.Items, m)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -188,8 +188,12 @@ func (a *API) holdQueued(w http.ResponseWriter, r *http.Request, p *principal) {
 	a.queueOp(w, r, p, true, "queue.hold", func(id string) error { return a.deps.Queue.Hold(id) })
 }
 
+// releaseQueued undoes a hold. Like hold and delete it acts on every
+// recipient, so it needs all of them in the caller's domains: a tenant
+// must not lift a hold the site placed on a message that also goes to
+// another tenant.
 func (a *API) releaseQueued(w http.ResponseWriter, r *http.Request, p *principal) {
-	a.queueOp(w, r, p, false, "queue.release", func(id string) error { return a.deps.Queue.Release(id) })
+	a.queueOp(w, r, p, true, "queue.release", func(id string) error { return a.deps.Queue.Release(id) })
 }
 
 func (a *API) deleteQueued(w http.ResponseWriter, r *http.Request, p *principal) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -24,6 +25,9 @@ const MaxRecipients = 200000
 func validateRecipient(field string, in *RecipientJSON, domain string) (store.Recipient, error) {
 	local := strings.ToLower(strings.TrimSpace(in.Local))
 	switch {
+	case !utf8.ValidString(in.Local):
+		// Checked before ToLower, which turns invalid bytes into U+FFFD.
+		return store.Recipient{}, badRequest("%slocal: %q is not valid UTF-8", field, in.Local)
 	case local == "":
 		return store.Recipient{}, badRequest("%slocal: required", field)
 	case len(local) > 64:
@@ -132,7 +136,7 @@ func (a *API) addRecipient(w http.ResponseWriter, r *http.Request, p *principal)
 		return
 	}
 	a.audit(r, p, "recipient.create", d.Name+"/"+rc.Local, "kind="+rc.Kind+" target="+rc.Target)
-	w.Header().Set("Location", Prefix+"domains/"+d.Name+"/recipients/"+rc.Local)
+	w.Header().Set("Location", Prefix+"domains/"+d.Name+"/recipients/"+url.PathEscape(rc.Local))
 	writeJSON(w, http.StatusCreated, recipientJSON(rc))
 }
 

@@ -476,8 +476,12 @@ func (s *server) trackingMessage(w http.ResponseWriter, r *http.Request) {
 	d := trackMsgData{M: m}
 	for _, e := range evs {
 		// A scoped admin sees the deliveries to its own domains only; the
-		// message may have had recipients elsewhere.
-		if e.Rcpt != "" && !sc.all && !sc.allows(domainOfAddr(e.Rcpt)) && (e.Domain == "" || !sc.allows(e.Domain)) {
+		// message may have had recipients elsewhere. An event about
+		// another domain without a recipient (the relay's "backend
+		// failed", naming that domain's backend) is hidden too; events
+		// about neither (the SMTP transaction) are the message's own.
+		if !sc.all && (e.Rcpt != "" || e.Domain != "") &&
+			!(e.Rcpt != "" && sc.allows(domainOfAddr(e.Rcpt))) && !(e.Domain != "" && sc.allows(e.Domain)) {
 			continue
 		}
 		t := tlEntry{Time: e.Time, Kind: "log", Title: e.Msg, Rcpt: e.Rcpt, Host: e.Host, Reply: e.Reply, Detail: e.Detail}
