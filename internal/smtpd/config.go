@@ -22,6 +22,11 @@ type Config struct {
 	// MaxRecipients is the most recipients per transaction (RFC 5321
 	// requires at least 100); more get "452 4.5.3". Default 100.
 	MaxRecipients int `yaml:"max_recipients"`
+	// MaxHops is the most Received fields a message may carry (RFC 5321
+	// 6.3: a loop is detected by counting them). More: "554 5.4.6". It
+	// stops a mail loop, e.g. a domain whose backend is Moat itself.
+	// Default 50 (Postfix's hopcount_limit).
+	MaxHops int `yaml:"max_hops"`
 	// MaxLineLength is the longest text line accepted in DATA, in octets
 	// including CRLF (RFC 5321 4.5.3.1.6: 1000). A message with a longer
 	// line is refused with "554 5.6.0" after it was read. Default 1000.
@@ -87,6 +92,7 @@ func DefaultConfig() Config {
 		Hostname:             host,
 		MaxMessageSize:       50 << 20,
 		MaxRecipients:        100,
+		MaxHops:              50,
 		MaxLineLength:        1000,
 		MaxCommandLineLength: 512,
 		CommandTimeout:       5 * time.Minute,
@@ -128,6 +134,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxRecipients < 100 {
 		errs = append(errs, errors.New("max_recipients: must be >= 100 (RFC 5321 4.5.3.1.8)"))
+	}
+	if c.MaxHops < 10 || c.MaxHops > 1000 {
+		errs = append(errs, errors.New("max_hops: must be between 10 and 1000"))
 	}
 	if c.MaxLineLength < 1000 {
 		errs = append(errs, errors.New("max_line_length: must be >= 1000 (RFC 5321 4.5.3.1.6)"))

@@ -61,3 +61,24 @@ func TestUndeclared8BitContent(t *testing.T) {
 		}
 	}
 }
+
+// A message carrying more Received fields than max_hops is a mail loop
+// (RFC 5321 6.3): 554 5.4.6, nothing spooled; at the limit it passes.
+func TestHopLimit(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.dial().start()
+	for _, n := range []int{50, 51} {
+		c.expect("MAIL FROM:<a@sender.test>", "250 ")
+		c.expect("RCPT TO:<b@customer.example>", "250 ")
+		c.expect("DATA", "354 ")
+		body := msg("loop", "hello\r\n")
+		want := "250 2.0.0 Ok: queued as "
+		if n > 50 {
+			want = "554 5.4.6 "
+		}
+		c.expect(strings.Repeat("Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n", n)+body+".", want)
+	}
+	if ids := e.spool.ids(); len(ids) != 1 {
+		t.Fatalf("spooled %d messages, want only the one within the limit", len(ids))
+	}
+}

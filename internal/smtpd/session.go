@@ -273,6 +273,19 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 // (a second From:, say) would reach the recipient unexamined.
 const maxHeaderCapture = 256 << 10
 
+var replyLoop = verdict.Reply{Code: 554, Enhanced: [3]int{5, 4, 6}, Text: "Too many hops (Received fields): mail loop"}
+
+// hops counts the Received fields of a header section.
+func hops(hdr []byte) int {
+	n := 0
+	for line := range bytes.SplitSeq(hdr, crlf) {
+		if len(line) >= 9 && bytes.EqualFold(line[:9], []byte("received:")) {
+			n++
+		}
+	}
+	return n
+}
+
 var replyHeaderTooBig = verdict.Reply{Code: 552, Enhanced: [3]int{5, 3, 4}, Text: "Message header section exceeds 256 KiB"}
 
 func (s *session) Data(r io.Reader) (err error) {
@@ -359,6 +372,10 @@ func (s *session) Data(r io.Reader) (err error) {
 	case hdrTooBig:
 		abort()
 		return s.finish(t, nil, "rejected", "header_size", replyHeaderTooBig, size)
+	case hops(hdr) > s.srv.cfg.MaxHops:
+		abort()
+		t.t.Log.Warn("mail loop: too many Received fields", "hops", hops(hdr), "max_hops", s.srv.cfg.MaxHops)
+		return s.finish(t, nil, "rejected", "loop", replyLoop, size)
 	}
 
 	if t.report != "" {
