@@ -32,6 +32,7 @@ import (
 type fileSpool struct {
 	dir        string
 	failCommit bool
+	commitErr  error // the error a failing commit returns (default: "disk on fire")
 	mu         sync.Mutex
 	committed  []string
 	aborted    int
@@ -72,9 +73,12 @@ func (d *fileDraft) Open() (io.ReadCloser, error) {
 
 func (d *fileDraft) Commit(env *queue.Envelope) error {
 	d.sp.mu.Lock()
-	fail := d.sp.failCommit
+	fail, ferr := d.sp.failCommit, d.sp.commitErr
 	d.sp.mu.Unlock()
 	if fail {
+		if ferr != nil {
+			return ferr
+		}
 		return errors.New("disk on fire")
 	}
 	if err := d.f.Sync(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -26,6 +27,7 @@ import (
 // Replies with generic texts. Internal errors are always temporary.
 var (
 	replyInternal  = verdict.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "Temporary local problem, please try again later"}
+	replyNoSpace   = verdict.Reply{Code: 452, Enhanced: [3]int{4, 3, 1}, Text: "Insufficient system storage, please try again later"}
 	replyRelay     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Relaying denied"}
 	replySmuggling = verdict.Reply{Code: 550, Enhanced: [3]int{5, 6, 0}, Text: "Message contains bare CR/LF or NUL (see RFC 5321 2.3.8)"}
 	// A text line over 1000 octets breaks RFC 5321 4.5.3.1.6 and RFC 5322
@@ -275,6 +277,15 @@ const maxHeaderCapture = 256 << 10
 
 var replyLoop = verdict.Reply{Code: 554, Enhanced: [3]int{5, 4, 6}, Text: "Too many hops (Received fields): mail loop"}
 
+// spoolReply is the answer to a spool failure: 452 4.3.1 when the disk
+// (or the quota) is full (RFC 3463: mail system full), else 451 4.3.0.
+func spoolReply(err error) verdict.Reply {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return replyNoSpace
+	}
+	return replyInternal
+}
+
 // hops counts the Received fields of a header section.
 func hops(hdr []byte) int {
 	n := 0
@@ -300,7 +311,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	d, err = s.srv.deps.Spool.NewDraft()
 	if err != nil || d == nil {
 		t.t.Log.Error("cannot create draft", "err", err)
-		return s.finish(t, nil, "tempfailed", "spool", replyInternal, 0)
+		return s.finish(t, nil, "tempfailed", "spool", spoolReply(err), 0)
 	}
 	t.t.ID = d.ID()
 	t.t.Log = t.t.Log.With("queue_id", t.t.ID)
@@ -360,7 +371,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	case werr != nil:
 		abort()
 		t.t.Log.Error("writing draft", "err", werr)
-		return s.finish(t, nil, "tempfailed", "spool", replyInternal, size)
+		return s.finish(t, nil, "tempfailed", "spool", spoolReply(werr), size)
 	case s.c.dflags.smuggling():
 		abort()
 		f := s.c.dflags
@@ -443,7 +454,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	if cerr != nil {
 		abort()
 		t.t.Log.Error("commit failed", "err", cerr)
-		return s.finish(t, &dec, "tempfailed", "spool", replyInternal, size)
+		return s.finish(t, &dec, "tempfailed", "spool", spoolReply(cerr), size)
 	}
 	outcome := "queued"
 	if tagged {

@@ -6,7 +6,9 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -454,9 +456,17 @@ func TestCommitFailure(t *testing.T) {
 	c.expect("RCPT TO:<b@customer.example>", "250 ")
 	c.expect("DATA", "354 ")
 	c.expect(msg("x", "y\r\n")+"\r\n.", "451 4.3.0")
+	// A full disk says so: 452 4.3.1 (mail system full), still a 4xx.
+	e.spool.mu.Lock()
+	e.spool.commitErr = &os.PathError{Op: "write", Path: "spool/x", Err: syscall.ENOSPC}
+	e.spool.mu.Unlock()
+	c.expect("MAIL FROM:<a@sender.test>", "250 ")
+	c.expect("RCPT TO:<b@customer.example>", "250 ")
+	c.expect("DATA", "354 ")
+	c.expect(msg("x", "y\r\n")+"\r\n.", "452 4.3.1")
 	e.spool.mu.Lock()
 	defer e.spool.mu.Unlock()
-	if e.spool.aborted != 1 || len(e.spool.committed) != 0 {
+	if e.spool.aborted != 2 || len(e.spool.committed) != 0 {
 		t.Fatalf("aborted %d committed %d", e.spool.aborted, len(e.spool.committed))
 	}
 }
