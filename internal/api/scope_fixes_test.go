@@ -91,6 +91,8 @@ func TestValidationFixes(t *testing.T) {
 			"policy.appeal: must be a string, not number"},
 		{"POST", "/domains", `{"name":"b.test","backends":["mx"],"max_conns":"4"}`, 400,
 			"max_conns: must be a number, not string"},
+		{"PUT", "/domains/a.test/policy", `{"layers":{"dnbsl":{"mode":"off"}}}`, 400,
+			"policy.layers.dnbsl: not a check (one of lists, rdns, dnsbl, botnet, helo, spf, recipient, greylist, attach, clamav, dkim, dmarc, uribl, rules, bayes)"},
 	} {
 		r := e.do(e.site, c.method, c.path, c.body)
 		if r.status != c.status || (c.err != "" && r.err() != c.err) {

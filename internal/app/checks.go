@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"fmt"
+	"moat.dev/moat/internal/policy"
+	"slices"
 	"strings"
 
 	"moat.dev/moat/internal/check/attach"
@@ -135,6 +137,15 @@ func (a *App) buildChecks(ctx context.Context) ([]pipeline.Check, error) {
 	}
 	if a.reports, err = reports.New(cc.Bayes.Reports, reports.Deps{Classifier: by.Classifier(), Verify: verify, Log: a.log.With("component", "reports")}); err != nil {
 		return nil, err
+	}
+	// The policy's layer names are these checks: a policy can set each
+	// one and nothing else (policy.Validate refuses other names).
+	var names []string
+	for _, c := range checks {
+		names = append(names, c.Name())
+	}
+	if !slices.Equal(names, policy.LayerNames) {
+		return nil, fmt.Errorf("internal: checks %v differ from policy.LayerNames %v", names, policy.LayerNames)
 	}
 	return checks, nil
 }

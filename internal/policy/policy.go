@@ -6,6 +6,8 @@ package policy
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -94,9 +96,20 @@ func (p *Policy) Layer(name string) Layer {
 // Enabled reports whether the named check should run at all.
 func (p *Policy) Enabled(name string) bool { return p.Layer(name).Mode != ModeOff }
 
-// Validate checks modes and thresholds.
+// LayerNames are the checks a policy can set, in the order they run (the
+// app builds exactly these; a test holds the two lists together). A
+// policy naming another layer is refused, so that a typo ("dnbsl: off")
+// does not look as if it took effect.
+var LayerNames = []string{"lists", "rdns", "dnsbl", "botnet", "helo", "spf", "recipient", "greylist",
+	"attach", "clamav", "dkim", "dmarc", "uribl", "rules", "bayes"}
+
+// Validate checks layer names, modes and thresholds.
 func (p *Policy) Validate() error {
-	for name, l := range p.Layers {
+	for _, name := range slices.Sorted(maps.Keys(p.Layers)) {
+		l := p.Layers[name]
+		if !slices.Contains(LayerNames, name) {
+			return fmt.Errorf("layers.%s: not a check (one of %s)", name, strings.Join(LayerNames, ", "))
+		}
 		if l.Mode != "" && !l.Mode.Valid() {
 			return fmt.Errorf("layers.%s.mode: %q is not one of reject, tempfail, flag, off", name, l.Mode)
 		}

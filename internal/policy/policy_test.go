@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"moat.dev/moat/internal/verdict"
@@ -83,5 +84,17 @@ func TestValidate(t *testing.T) {
 	p.TagScore = 20
 	if err := p.Validate(); err == nil {
 		t.Fatal("tag above reject accepted")
+	}
+	p = Default()
+	p.Layers["dnbsl"] = Layer{Mode: ModeOff}
+	if err := p.Validate(); err == nil || !strings.Contains(err.Error(), "layers.dnbsl: not a check") {
+		t.Fatalf("a misspelt layer: %v, want an error naming it", err)
+	}
+	for _, name := range LayerNames {
+		p = Default()
+		p.Layers[name] = Layer{Mode: ModeFlag}
+		if err := p.Validate(); err != nil {
+			t.Errorf("layer %s: %v", name, err)
+		}
 	}
 }
