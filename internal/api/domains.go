@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"moat.dev/moat/internal/store/sqlstore"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -537,6 +538,12 @@ func (a *API) deleteDomain(w http.ResponseWriter, r *http.Request, p *principal)
 		return
 	}
 	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	// The domain's tokens go with it: a domain of the same name created
+	// later (perhaps for another partner) must not be reachable with them.
+	if _, err := a.st.DB().ExecContext(r.Context(), sqlstore.Rebind(a.st.Driver(), `DELETE FROM api_tokens WHERE role = ?`), "domain:"+d.Name); err != nil {
 		a.internal(w, r, err)
 		return
 	}

@@ -126,3 +126,16 @@ func TestRecipientLocationEscaped(t *testing.T) {
 		t.Errorf("GET Location = %+v", got)
 	}
 }
+
+// TestDeleteDomainRevokesItsTokens: a domain token dies with its domain;
+// the same name created again (here for another partner) is not reachable
+// with it.
+func TestDeleteDomainRevokesItsTokens(t *testing.T) {
+	e := setup(t, nil)
+	e.want(e.do(e.site, "POST", "/domains", domainBody("a.isp1.test", "isp1", "mx")), 201, "create")
+	dom := e.token("domain:a.isp1.test")
+	e.want(e.do(dom, "GET", "/domains/a.isp1.test", nil), 200, "domain token reads its domain")
+	e.want(e.do(e.site, "DELETE", "/domains/a.isp1.test", nil), 204, "delete")
+	e.want(e.do(e.site, "POST", "/domains", domainBody("a.isp1.test", "isp2", "mx")), 201, "recreate for another partner")
+	e.want(e.do(dom, "GET", "/domains/a.isp1.test", nil), 401, "old domain token on the recreated domain")
+}
