@@ -227,6 +227,19 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		}
 		return ""
 	}
+	// notesOn is the evidence about addresses found to be the domain's
+	// mail servers.
+	notesOn := func(hit []netip.Addr) []string {
+		var notes []string
+		for _, ad := range hit {
+			if w := what(ad); w != "" {
+				notes = append(notes, w)
+			} else if cs.m[ad].accepts {
+				notes = append(notes, ad.String()+" accepted RCPT for the domain")
+			}
+		}
+		return notes
+	}
 
 	// MX records, and the apex at the same time: when both time out, the
 	// domain's name servers are not answering, and asking for every
@@ -628,14 +641,7 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		if g.fqdn == domain {
 			label = domain + " (apex A/AAAA)"
 		}
-		var notes []string
-		for _, ad := range hit {
-			if w := what(ad); w != "" {
-				notes = append(notes, w)
-			} else if cs.m[ad].accepts {
-				notes = append(notes, ad.String()+" accepted RCPT for the domain")
-			}
-		}
+		notes := notesOn(hit)
 		ev := g.evidence
 		if len(notes) > 0 {
 			ev += "; " + strings.Join(notes, "; ")
@@ -692,14 +698,7 @@ func (a *auditor) domain(ctx context.Context, domain string) *DomainReport {
 		owner := sm.owner(domain)
 		record := fmt.Sprintf("%s. IN MX %d %s.", owner, sm.mx.Pref, sm.mx.Host)
 		ev := resolution(sm.mx.Host, sm.chain, sm.addrs)
-		var notes []string
-		for _, ad := range hit {
-			if w := what(ad); w != "" {
-				notes = append(notes, w)
-			} else if cs.m[ad].accepts {
-				notes = append(notes, ad.String()+" accepted RCPT for the domain")
-			}
-		}
+		notes := notesOn(hit)
 		if len(notes) > 0 {
 			ev += "; " + strings.Join(notes, "; ")
 		}
