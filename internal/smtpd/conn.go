@@ -345,6 +345,10 @@ func (c *sconn) command(line []byte) []byte {
 		if c.junkCommand() {
 			return nil
 		}
+		if len(arg) == 0 { // go-smtp's text would say HELO for both
+			c.reply(501, [3]int{5, 5, 4}, "Syntax: "+verb+" hostname", "syntax", true)
+			return nil
+		}
 		h, _, _ := bytes.Cut(arg, []byte(" "))
 		c.pendingHelo = string(h)
 	case "MAIL", "RCPT":

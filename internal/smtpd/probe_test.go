@@ -21,6 +21,8 @@ func TestHeloReplies(t *testing.T) {
 	if lines[0] != "250-mx.moat.test Hello caf??.test" {
 		t.Fatalf("EHLO first line %q", lines[0])
 	}
+	c.expect("EHLO", "501 5.5.4 Syntax: EHLO hostname")
+	c.expect("HELO ", "501 5.5.4 Syntax: HELO hostname")
 	c.expect("MAIL FROM:<a@sender.test>", "250 ")
 }
 
