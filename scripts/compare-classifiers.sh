@@ -25,7 +25,7 @@ if [ -z "${MOAT:-}" ]; then
 fi
 
 mkdir -p "$WORK/corpus"
-tar xzf "$CORPUS" -C "$WORK/corpus"
+tar xf "$CORPUS" -C "$WORK/corpus" # .tar.gz or .tar (GNU tar detects it)
 "$MOAT" eval --corpus "$CORPUS" --seed "$SEED" --print-order > "$WORK/order"
 
 # auc FILE: lines "label<TAB>score" -> "AUC FP FN" at threshold $2
@@ -136,9 +136,11 @@ secs() { # secs CMD...: wall seconds of one run
 }
 median3() { printf '%s\n%s\n%s\n' "$1" "$2" "$3" | sort -n | sed -n 2p; }
 moat_bulk() { rm -f "$WORK/bulk.db"*; "$MOAT" learn --db "$WORK/bulk.db" --label-from-path "$WORK/corpus" -q; }
-bogo_bulk() {
+bogo_bulk() { # the messages of each class, named by the order (ham/ spam/ or a TREC index)
 	rm -rf "$WORK/bogob"; mkdir -p "$WORK/bogob"
-	(cd "$WORK/corpus" && bogofilter -d "$WORK/bogob" -s -B spam/* && bogofilter -d "$WORK/bogob" -n -B ham/*)
+	(cd "$WORK/corpus" &&
+		awk -F'\t' '$1=="spam"{print $2}' "$WORK/order" | tr '\n' '\0' | xargs -0 bogofilter -d "$WORK/bogob" -s -B &&
+		awk -F'\t' '$1=="ham"{print $2}' "$WORK/order" | tr '\n' '\0' | xargs -0 bogofilter -d "$WORK/bogob" -n -B)
 }
 mb=$(median3 "$(secs moat_bulk)" "$(secs moat_bulk)" "$(secs moat_bulk)")
 bb=$(median3 "$(secs bogo_bulk)" "$(secs bogo_bulk)" "$(secs bogo_bulk)")
