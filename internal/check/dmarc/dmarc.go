@@ -13,11 +13,14 @@
 package dmarc
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/mail"
+	"regexp"
 	"strings"
 
 	"github.com/emersion/go-msgauth/dmarc"
@@ -25,6 +28,7 @@ import (
 
 	"moat.dev/moat/internal/check/dkim"
 	"moat.dev/moat/internal/message"
+	"moat.dev/moat/internal/message/shared"
 	"moat.dev/moat/internal/pipeline"
 	"moat.dev/moat/internal/verdict"
 )
@@ -122,38 +126,46 @@ func Aligned(from, a string, mode dmarc.AlignmentMode) bool {
 	return OrgDomain(from) == OrgDomain(a)
 }
 
-// fromDomain returns the single RFC5322.From domain, or "" with a reason.
-func fromDomain(froms []string) (string, string) {
-	if len(froms) != 1 {
-		return "", fmt.Sprintf("%d From fields", len(froms))
-	}
-	addrs, err := mail.ParseAddressList(froms[0])
-	if err != nil || len(addrs) == 0 {
-		// Salvage the part after the last @ inside <>.
-		s := froms[0]
-		if i := strings.LastIndexByte(s, '<'); i >= 0 {
-			s = s[i+1:]
+// fromDomains returns the distinct RFC5322.From domains of the From
+// field values, and a reason when there is not exactly one From field
+// with exactly one domain.
+func fromDomains(froms []string) ([]string, string) {
+	var doms []string
+	seen := map[string]bool{}
+	add := func(d string) {
+		d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+		if d != "" && !seen[d] {
+			seen[d] = true
+			doms = append(doms, d)
 		}
-		s = strings.TrimRight(strings.TrimSpace(s), ">")
-		if _, d, ok := strings.Cut(s, "@"); ok && d != "" && !strings.ContainsAny(d, " <>,@") {
-			return strings.ToLower(d), ""
+	}
+	for _, f := range froms {
+		addrs, err := mail.ParseAddressList(f)
+		if err != nil || len(addrs) == 0 {
+			// Salvage every domain an unparseable field names: a reader
+			// may well display one of them.
+			for _, m := range salvageDomain.FindAllStringSubmatch(f, -1) {
+				add(m[1])
+			}
+			continue
 		}
-		return "", "unparseable From"
-	}
-	var dom string
-	for _, a := range addrs {
-		_, d, _ := strings.Cut(a.Address, "@")
-		d = strings.ToLower(d)
-		if dom != "" && d != dom {
-			return "", "From with several domains"
+		for _, a := range addrs {
+			_, d, _ := strings.Cut(a.Address, "@")
+			add(d)
 		}
-		dom = d
 	}
-	if dom == "" {
-		return "", "From without domain"
+	switch {
+	case len(froms) != 1:
+		return doms, fmt.Sprintf("%d From fields", len(froms))
+	case len(doms) == 0:
+		return nil, "From without a domain"
+	case len(doms) > 1:
+		return doms, "From with several domains"
 	}
-	return dom, ""
+	return doms, ""
 }
+
+var salvageDomain = regexp.MustCompile(`@([A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+)\.?`)
 
 // spfPass returns the SPF-authenticated domain when SPF passed.
 func spfPass(auth []string) string {
@@ -193,21 +205,72 @@ func authOf(tx *pipeline.Txn, check string) []string {
 
 // CheckData implements pipeline.DataChecker.
 func (c *Check) CheckData(ctx context.Context, tx *pipeline.Txn, pm *pipeline.Message) verdict.Result {
-	var froms []string
-	if pm.Header != nil {
+	// The From fields are read from the raw header with a lenient scan:
+	// the parsed pm.Header (net/textproto) drops fields written with the
+	// obsolete "From :" syntax (obs-from, RFC 5322 4.5.2, which readers still
+	// display) and everything after a malformed line, and a From field
+	// DMARC does not see is a DMARC bypass.
+	froms, err := rawFroms(pm)
+	if err != nil && pm.Header == nil {
+		return verdict.Result{Err: fmt.Errorf("dmarc: open message: %w", err)}
+	}
+	if len(froms) == 0 && pm.Header != nil {
 		for _, v := range pm.Header.Values("From") {
 			froms = append(froms, decodeHeader(v))
 		}
-	} else {
-		rc, err := pm.Open()
-		if err != nil {
-			return verdict.Result{Err: fmt.Errorf("dmarc: open message: %w", err)}
-		}
-		m, _ := message.Parse(rc, message.Limits{MaxParts: 1, MaxDepth: 1, MaxDecodedBytes: 1, MaxRawBody: 1})
-		rc.Close()
-		froms = m.Values("From")
 	}
 	return c.Evaluate(ctx, froms, authOf(tx, "spf"), authOf(tx, "dkim"))
+}
+
+// maxHeaderScan bounds the header bytes rawFroms reads.
+const maxHeaderScan = 1 << 20
+
+// rawFroms returns the decoded values of every From field of the raw
+// header of pm, unfolded. Field names are matched case-insensitively with
+// white space before the colon allowed (obs-optional); lines that are not
+// fields are skipped, not taken as the end of the header.
+func rawFroms(pm *pipeline.Message) ([]string, error) {
+	if pm.Open == nil {
+		return nil, nil
+	}
+	rc, err := shared.Open(pm)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	br := bufio.NewReader(io.LimitReader(rc, maxHeaderScan))
+	var froms []string
+	var cur *strings.Builder // the From field being unfolded, nil if none
+	flush := func() {
+		if cur != nil {
+			froms = append(froms, decodeHeader(strings.TrimSpace(cur.String())))
+			cur = nil
+		}
+	}
+	for {
+		line, err := br.ReadString('\n')
+		l := strings.TrimRight(line, "\r\n")
+		if l == "" && (err == nil || line != "") {
+			break // the empty line ending the header
+		}
+		if l != "" && (l[0] == ' ' || l[0] == '\t') {
+			if cur != nil {
+				cur.WriteString(" ")
+				cur.WriteString(strings.TrimSpace(l))
+			}
+		} else {
+			flush()
+			if name, val, ok := strings.Cut(l, ":"); ok && strings.EqualFold(strings.TrimRight(name, " \t"), "From") {
+				cur = &strings.Builder{}
+				cur.WriteString(val)
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	flush()
+	return froms, nil
 }
 
 func decodeHeader(v string) string {
@@ -254,12 +317,92 @@ func (c *Check) lookup(ctx context.Context, from string) (*dmarc.Record, bool, e
 
 // Evaluate applies DMARC to a message given its From field values and the
 // SPF and DKIM Authentication-Results entries.
+//
+// With several From fields or several From domains (a form RFC 5322
+// forbids, used to show readers a spoofed domain), each domain is
+// evaluated and the strictest failing outcome applies (RFC 7489 6.6.1);
+// when none fails with a quarantine or reject policy, the result is
+// permerror.
 func (c *Check) Evaluate(ctx context.Context, froms, spfAuth, dkimAuth []string) verdict.Result {
-	from, why := fromDomain(froms)
-	if from == "" {
-		return verdict.Result{Auth: []string{"dmarc=permerror"},
-			Symbols: []verdict.Symbol{{Name: "DMARC_PERMERROR", Score: c.cfg.PermErrorScore, Detail: why}}}
+	doms, why := fromDomains(froms)
+	permerror := verdict.Result{Auth: []string{"dmarc=permerror"},
+		Symbols: []verdict.Symbol{{Name: "DMARC_PERMERROR", Score: c.cfg.PermErrorScore, Detail: why}}}
+	if len(doms) == 0 {
+		return permerror
 	}
+	if why == "" {
+		return c.evaluate(ctx, doms[0], spfAuth, dkimAuth)
+	}
+	var worst verdict.Result
+	rank := 0
+	for _, d := range doms {
+		r := c.evaluate(ctx, d, spfAuth, dkimAuth)
+		if k := severity(r); k > rank {
+			worst, rank = r, k
+		}
+	}
+	if rank < 2 {
+		return permerror // nothing stricter than permerror's score
+	}
+	for i := range worst.Symbols {
+		worst.Symbols[i].Detail += " (" + why + ")"
+	}
+	return worst
+}
+
+// severity ranks the outcome of one From domain: 0 for pass, none or
+// permerror, then fail with p=none, fail scored only, temperror,
+// quarantine, reject.
+func severity(r verdict.Result) int {
+	switch {
+	case r.Hard != nil && r.Hard.Action == verdict.Reject:
+		return 5
+	case r.Hard != nil && r.Hard.Action == verdict.Quarantine:
+		return 4
+	case r.Err != nil:
+		return 3
+	case len(r.Symbols) > 0 && r.Symbols[0].Name == "DMARC_FAIL_QUARANTINE":
+		return 2
+	case len(r.Symbols) > 0 && r.Symbols[0].Name == "DMARC_FAIL_NONE":
+		return 1
+	}
+	return 0
+}
+
+// tempAligned reports whether an SPF or DKIM identity aligned with from
+// had a temporary error: it might have passed.
+func tempAligned(from string, rec *dmarc.Record, spfAuth, dkimAuth []string) bool {
+	for _, a := range spfAuth {
+		f := strings.Fields(a)
+		if len(f) < 2 || f[0] != "spf=temperror" {
+			continue
+		}
+		for _, kv := range f[1:] {
+			d, ok := strings.CutPrefix(kv, "smtp.mailfrom=")
+			if !ok {
+				d, ok = strings.CutPrefix(kv, "smtp.helo=")
+			}
+			if ok && Aligned(from, d, rec.SPFAlignment) {
+				return true
+			}
+		}
+	}
+	for _, a := range dkimAuth {
+		f := strings.Fields(a)
+		if len(f) < 2 || f[0] != "dkim=temperror" {
+			continue
+		}
+		for _, kv := range f[1:] {
+			if d, ok := strings.CutPrefix(kv, "header.d="); ok && Aligned(from, d, rec.DKIMAlignment) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// evaluate applies DMARC for one From domain.
+func (c *Check) evaluate(ctx context.Context, from string, spfAuth, dkimAuth []string) verdict.Result {
 	rec, inherited, err := c.lookup(ctx, from)
 	switch {
 	case errors.Is(err, dmarc.ErrNoPolicy):
@@ -299,6 +442,13 @@ func (c *Check) Evaluate(ctx context.Context, froms, spfAuth, dkimAuth []string)
 		case dmarc.PolicyQuarantine:
 			p = dmarc.PolicyNone
 		}
+	}
+	// An aligned identity that failed only temporarily might pass on a
+	// retry: no permanent verdict from it (temperror, RFC 7489 11.2), the
+	// policy's on_error decides (451 by default) instead of a 550.
+	if (p == dmarc.PolicyReject || p == dmarc.PolicyQuarantine && c.cfg.HonorQuarantine) && tempAligned(from, rec, spfAuth, dkimAuth) {
+		return verdict.Result{Auth: []string{"dmarc=temperror header.from=" + from},
+			Err: fmt.Errorf("dmarc: %s (p=%s): an aligned SPF or DKIM identity had a temporary error", from, p)}
 	}
 	res := verdict.Result{Auth: []string{fmt.Sprintf("dmarc=fail (p=%s) header.from=%s", p, from)}}
 	detail := fmt.Sprintf("From domain %s not aligned with a passing SPF or DKIM identity", from)

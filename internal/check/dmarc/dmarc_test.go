@@ -1,6 +1,7 @@
 package dmarc
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
@@ -156,5 +157,93 @@ func TestDecodeHeaderFastPathMatchesParse(t *testing.T) {
 		if got, want := decodeHeader(v), slow(v); got != want {
 			t.Errorf("decodeHeader(%q) = %q, want %q", v, got, want)
 		}
+	}
+}
+
+// rawMsg is a spooled message whose parsed header is what net/textproto
+// made of it (as smtpd builds it).
+func rawMsg(raw string) *pipeline.Message {
+	raw = strings.ReplaceAll(raw, "\n", "\r\n")
+	h := textproto.MIMEHeader{}
+	if hdr, _, ok := strings.Cut(raw, "\r\n\r\n"); ok {
+		tr := textproto.NewReader(bufio.NewReader(strings.NewReader(hdr + "\r\n\r\n")))
+		h, _ = tr.ReadMIMEHeader()
+	}
+	return &pipeline.Message{Header: h, Size: int64(len(raw)), Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(raw)), nil }}
+}
+
+// A spoofed p=reject From domain cannot escape DMARC by a second From
+// field, a second address, an unparseable From or the obsolete "From :"
+// syntax (RFC 7489 6.6.1: the strictest policy of the From domains).
+func TestSeveralFromDomainsStrictestPolicy(t *testing.T) {
+	c, _ := newCheck(t, DefaultConfig(),
+		`_dmarc.reject.example. 300 IN TXT "v=DMARC1; p=reject"`,
+		`_dmarc.quar.example. 300 IN TXT "v=DMARC1; p=quarantine"`,
+		`_dmarc.none.example. 300 IN TXT "v=DMARC1; p=none"`,
+	)
+	ctx := context.Background()
+	spf := []string{"spf=none smtp.mailfrom=attacker.example"}
+	cases := []struct {
+		name, raw string
+		want      verdict.Action // 0: no hard verdict
+		wantSym   string
+	}{
+		{"two From fields, same domain", "From: CEO <ceo@reject.example>\nFrom: CEO <ceo@reject.example>\nSubject: x\n\nbody\n", verdict.Reject, "DMARC_FAIL_REJECT"},
+		{"two From fields", "From: x@attacker.example\nFrom: CEO <ceo@reject.example>\n\nbody\n", verdict.Reject, "DMARC_FAIL_REJECT"},
+		{"two addresses", "From: CEO <ceo@reject.example>, x@attacker.example\n\nbody\n", verdict.Reject, "DMARC_FAIL_REJECT"},
+		{"unparseable", "From: ceo@reject.example (CEO\n\nbody\n", verdict.Reject, "DMARC_FAIL_REJECT"},
+		{"obs-from", "Subject: x\nFrom : CEO <ceo@reject.example>\n\nbody\n", verdict.Reject, "DMARC_FAIL_REJECT"},
+		{"folded", "From: CEO\n <ceo@reject.example>\n\nbody\n", verdict.Reject, "DMARC_FAIL_REJECT"},
+		{"quarantine and none", "From: a@none.example, b@quar.example\n\nbody\n", verdict.Quarantine, "DMARC_FAIL_QUARANTINE"},
+		{"none and no record", "From: a@none.example\nFrom: b@other.example\n\nbody\n", 0, "DMARC_PERMERROR"},
+		{"no From", "Subject: x\n\nFrom: ceo@reject.example\n", 0, "DMARC_PERMERROR"},
+	}
+	for _, tc := range cases {
+		r := c.CheckData(ctx, txWith(spf, nil), rawMsg(tc.raw))
+		var got verdict.Action
+		if r.Hard != nil {
+			got = r.Hard.Action
+		}
+		if r.Err != nil || got != tc.want || len(r.Symbols) != 1 || r.Symbols[0].Name != tc.wantSym {
+			t.Errorf("%s: %+v", tc.name, r)
+		}
+	}
+	// Several From fields of a passing domain stay a permerror, not a pass.
+	r := c.CheckData(ctx, txWith([]string{"spf=pass smtp.mailfrom=reject.example"}, nil), rawMsg("From: a@reject.example\nFrom: b@reject.example\n\nx\n"))
+	if r.Hard != nil || len(r.Symbols) != 1 || r.Symbols[0].Name != "DMARC_PERMERROR" {
+		t.Errorf("two From fields, passing: %+v", r)
+	}
+}
+
+// An aligned DKIM or SPF identity whose check failed temporarily (key or
+// SPF record lookup SERVFAIL) gives dmarc=temperror and an error for the
+// policy's on_error, not a permanent 550 from p=reject.
+func TestAlignedTempErrorIsNotReject(t *testing.T) {
+	c, _ := newCheck(t, DefaultConfig(),
+		`_dmarc.reject.example. 300 IN TXT "v=DMARC1; p=reject"`,
+		`_dmarc.none.example. 300 IN TXT "v=DMARC1; p=none"`,
+	)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name      string
+		spf, dkim []string
+	}{
+		{"dkim temperror", []string{"spf=fail smtp.mailfrom=reject.example"}, []string{"dkim=temperror header.d=reject.example header.i=@reject.example"}},
+		{"spf temperror", []string{"spf=temperror smtp.mailfrom=bounce.reject.example"}, []string{"dkim=none"}},
+	} {
+		r := c.CheckData(ctx, txWith(tc.spf, tc.dkim), msgFrom("a@reject.example"))
+		if r.Err == nil || r.Hard != nil || len(r.Auth) != 1 || !strings.HasPrefix(r.Auth[0], "dmarc=temperror") {
+			t.Errorf("%s: %+v", tc.name, r)
+		}
+	}
+	// A temperror of an unaligned identity changes nothing.
+	r := c.CheckData(ctx, txWith([]string{"spf=fail smtp.mailfrom=reject.example"}, []string{"dkim=temperror header.d=other.example"}), msgFrom("a@reject.example"))
+	if r.Hard == nil || r.Hard.Action != verdict.Reject {
+		t.Errorf("unaligned temperror: %+v", r)
+	}
+	// p=none: nothing to defer.
+	r = c.CheckData(ctx, txWith(nil, []string{"dkim=temperror header.d=none.example"}), msgFrom("a@none.example"))
+	if r.Err != nil || len(r.Symbols) != 1 || r.Symbols[0].Name != "DMARC_FAIL_NONE" {
+		t.Errorf("p=none temperror: %+v", r)
 	}
 }

@@ -16,7 +16,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -350,7 +352,8 @@ func (c *Check) items(m *message.Message) (domains, ips []string) {
 		if len(domains)+len(ips) >= c.cfg.MaxLookups {
 			break
 		}
-		if a, ok := message.HostIP(u.Host); ok {
+		host := NormalizeHost(u.Host)
+		if a, ok := hostIP(host); ok {
 			s := a.String()
 			if !seen[s] && a.Is4() {
 				seen[s] = true
@@ -358,7 +361,7 @@ func (c *Check) items(m *message.Message) (domains, ips []string) {
 			}
 			continue
 		}
-		d := message.RegisteredDomain(u.Host)
+		d := message.RegisteredDomain(host)
 		if d == "" || seen[d] || c.ignore[d] {
 			continue
 		}
@@ -380,9 +383,13 @@ func PhishMismatch(urls []message.URL) string {
 		if shown == "" {
 			continue
 		}
-		sd, hd := message.RegisteredDomain(shown), message.RegisteredDomain(u.Host)
+		host := NormalizeHost(u.Host)
+		if a, ok := hostIP(host); ok {
+			host = a.String()
+		}
+		sd, hd := message.RegisteredDomain(shown), message.RegisteredDomain(host)
 		if sd != "" && hd != "" && sd != hd {
-			return fmt.Sprintf("link text shows %s, goes to %s", shown, u.Host)
+			return fmt.Sprintf("link text shows %s, goes to %s", shown, host)
 		}
 	}
 	return ""
@@ -424,4 +431,66 @@ func shownHost(text string) string {
 		}
 	}
 	return t
+}
+
+// NormalizeHost returns the host a browser goes to for a link host as
+// extracted from the message: percent-encoded octets decoded
+// ("%65vil.example" is evil.example, WHATWG URL host parsing), lower case,
+// without a trailing dot. A host that does not decode is returned as is.
+func NormalizeHost(h string) string {
+	if strings.Contains(h, "%") {
+		if d, err := url.PathUnescape(h); err == nil {
+			h = d
+		}
+	}
+	return strings.TrimSuffix(strings.ToLower(h), ".")
+}
+
+// hostIP returns the IPv4 or IPv6 address of a link host that is an
+// address literal in any form browsers accept: dotted decimal, IPv6 in
+// brackets, and the WHATWG IPv4 forms with one to four parts each in
+// decimal, hexadecimal (0x) or octal (leading 0): 3221226050,
+// 0xC0000242, 0300.0000.0002.0102, 192.0x0.2.66 and 192.0.578 all name
+// 192.0.2.66.
+func hostIP(host string) (netip.Addr, bool) {
+	if a, ok := message.HostIP(host); ok {
+		return a, true
+	}
+	parts := strings.Split(strings.TrimSuffix(host, "."), ".")
+	if len(parts) > 4 || host == "" {
+		return netip.Addr{}, false
+	}
+	nums := make([]uint64, len(parts))
+	for i, p := range parts {
+		base := 10
+		switch {
+		case p == "":
+			return netip.Addr{}, false
+		case len(p) >= 2 && (p[:2] == "0x" || p[:2] == "0X"):
+			base, p = 16, p[2:]
+			if p == "" {
+				p = "0"
+			}
+		case len(p) > 1 && p[0] == '0':
+			base, p = 8, p[1:]
+		}
+		n, err := strconv.ParseUint(p, base, 64)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		nums[i] = n
+	}
+	var v uint64
+	for i, n := range nums[:len(nums)-1] {
+		if n > 255 {
+			return netip.Addr{}, false
+		}
+		v |= n << (8 * (3 - i))
+	}
+	last := nums[len(nums)-1]
+	if last >= 1<<(8*(5-len(nums))) {
+		return netip.Addr{}, false
+	}
+	v |= last
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
 }

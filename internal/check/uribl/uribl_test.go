@@ -109,3 +109,35 @@ func TestPhishMismatch(t *testing.T) {
 		}
 	}
 }
+
+// Hosts written the way browsers still resolve them are looked up as
+// what they resolve to: percent-encoded names and hexadecimal, octal and
+// short IPv4 forms.
+func TestObfuscatedHosts(t *testing.T) {
+	c, _ := setup(t,
+		"dbltest.com.dbl.test. 60 IN A 127.0.1.2",
+		"evil.example.dbl.test. 60 IN A 127.0.1.2",
+		"2.0.0.127.sbl.test. 60 IN A 127.0.0.2",
+		"66.2.0.192.sbl.test. 60 IN A 127.0.0.2",
+	)
+	for _, body := range []string{
+		`<a href="http://%65vil.example/p">a</a>`,
+		`<a href="http://www.%45VIL.example./p">a</a>`,
+	} {
+		r := c.CheckData(context.Background(), &pipeline.Txn{}, pmsg("From: a@b.example\r\nContent-Type: text/html\r\n\r\n"+body+"\r\n"))
+		if syms(r) != "URIBL_DBL" {
+			t.Errorf("%s: got %+v", body, r)
+		}
+	}
+	for _, h := range []string{"0xC0000242", "0300.0000.0002.0102", "192.0x0.2.66", "192.0.578", "3221226050"} {
+		r := c.CheckData(context.Background(), &pipeline.Txn{}, pmsg("From: a@b.example\r\nContent-Type: text/html\r\n\r\n<a href=\"http://"+h+"/x\">a</a>\r\n"))
+		if syms(r) != "URIBL_SBL" {
+			t.Errorf("%s: got %+v", h, r)
+		}
+	}
+	for _, h := range []string{"example.com", "1.2.3.4.5", "256.1.1.1", "0x.example", "08.1.1.1", "1.2.3.256", "192.0.65536"} {
+		if a, ok := hostIP(h); ok {
+			t.Errorf("hostIP(%q) = %v, want none", h, a)
+		}
+	}
+}
