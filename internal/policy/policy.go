@@ -207,7 +207,12 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 			hard, hardFrom = h, res.Check
 		}
 	}
-	if hard != nil && hard.Action >= verdict.Quarantine {
+	// A temporary failure (a check that could not run) asks the client to
+	// come back for a verdict it might change; a score already at the
+	// reject threshold is a verdict no check can change, so it stands
+	// (GTUBE with the virus scanner down is refused, not retried).
+	settled := hard != nil && hard.Action == verdict.TempFail && d.Score >= p.RejectScore
+	if hard != nil && hard.Action >= verdict.Quarantine && !settled {
 		d.Action, d.Reply, d.Reason = hard.Action, hard.Reply, hardFrom+": "+hard.Reason
 	} else {
 		switch {

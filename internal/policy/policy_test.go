@@ -40,6 +40,8 @@ func TestDecide(t *testing.T) {
 		{"observe changes nothing", func(p *Policy) { p.Layers["dnsbl"] = Layer{Mode: ModeReject, Observe: true} },
 			[]verdict.Result{hard("dnsbl", verdict.Reject, 554), sym("dnsbl", "X", 20)}, Content, verdict.NoOpinion, 0, 0},
 		{"error tempfails", nil, []verdict.Result{{Check: "rdns", Err: errors.New("dns down")}}, Envelope, verdict.TempFail, 451, 0},
+		{"a score at reject outranks a tempfail", nil, []verdict.Result{hard("clamav", verdict.TempFail, 451), sym("rules", "GTUBE", 1000)}, Content, verdict.Reject, 550, 1000},
+		{"a score below reject does not", nil, []verdict.Result{hard("clamav", verdict.TempFail, 451), sym("rules", "R", 11)}, Content, verdict.TempFail, 451, 11},
 		{"error ignored", func(p *Policy) { p.Layers["rdns"] = Layer{OnError: "ignore"} },
 			[]verdict.Result{{Check: "rdns", Err: errors.New("dns down")}}, Envelope, verdict.NoOpinion, 0, 0},
 		{"refuse quarantined", func(p *Policy) { p.QuarantineRefuse = true },
