@@ -32,6 +32,10 @@ import (
 // FutureName is the Conn future holding this check's *Lookup.
 const FutureName = "dnsbl"
 
+// maxDownRetry bounds how long a disabled zone goes without a re-test
+// while clients are being looked up.
+const maxDownRetry = 30 * time.Second
+
 // Deps are the check's collaborators.
 type Deps struct {
 	Resolver dnsx.Resolver
@@ -48,14 +52,21 @@ type Check struct {
 	up        *prometheus.GaugeVec
 	listed    *prometheus.CounterVec
 	zoneError *prometheus.CounterVec
+	// downRetry is how soon a client lookup re-tests a disabled zone
+	// (inline, before skipping it), so a zone disabled by a passing
+	// resolver outage is back within seconds rather than at the next
+	// self_test_interval.
+	downRetry time.Duration
 }
 
 type zoneState struct {
 	*zone
 	up      atomic.Bool
 	testing atomic.Bool
-	mu      sync.Mutex
-	reason  string // why it is down
+	// lastTest is when the zone's test entry was last queried (UnixNano).
+	lastTest atomic.Int64
+	mu       sync.Mutex
+	reason   string // why it is down
 }
 
 var _ pipeline.ConnChecker = (*Check)(nil)
@@ -69,7 +80,7 @@ func New(cfg Config, deps Deps) (*Check, error) {
 	if deps.Resolver == nil {
 		return nil, errors.New("dnsbl: Deps.Resolver is required")
 	}
-	k := &Check{cfg: cfg, r: deps.Resolver, log: deps.Log}
+	k := &Check{cfg: cfg, r: deps.Resolver, log: deps.Log, downRetry: min(cfg.SelfTestInterval, maxDownRetry)}
 	if k.log == nil {
 		k.log = slog.New(slog.DiscardHandler)
 	}
@@ -133,16 +144,18 @@ func (k *Check) Query(ctx context.Context, ip netip.Addr) *Lookup {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for _, z := range k.zones {
-		if !z.up.Load() {
-			out.Skipped = append(out.Skipped, z.name)
-			continue
-		}
 		if ip.Is6() && z.skip6 {
 			continue
 		}
 		wg.Add(1)
 		go func(z *zoneState) {
 			defer wg.Done()
+			if !z.up.Load() && !k.retestDown(ctx, z) {
+				mu.Lock()
+				out.Skipped = append(out.Skipped, z.name)
+				mu.Unlock()
+				return
+			}
 			l, err := k.queryZone(ctx, z, ip)
 			mu.Lock()
 			defer mu.Unlock()
@@ -158,7 +171,25 @@ func (k *Check) Query(ctx context.Context, ip netip.Addr) *Lookup {
 	}
 	wg.Wait()
 	sort.Slice(out.Listings, func(i, j int) bool { return out.Listings[i].Zone < out.Listings[j].Zone })
+	sort.Strings(out.Skipped)
 	return out
+}
+
+// retestDown re-tests a disabled zone now when its last test is older
+// than downRetry (and no test is running), and reports whether the zone
+// is up again. Without it, a zone disabled while the resolver was down
+// (at startup, or by a triggered test during an outage) stayed unused,
+// listed clients passing unscored, until the next periodic self-test.
+func (k *Check) retestDown(ctx context.Context, z *zoneState) bool {
+	if time.Since(time.Unix(0, z.lastTest.Load())) < k.downRetry {
+		return false
+	}
+	if !z.testing.CompareAndSwap(false, true) {
+		return false
+	}
+	defer z.testing.Store(false)
+	k.testZone(ctx, z)
+	return z.up.Load()
 }
 
 // errRefused marks a refused-code answer.
@@ -319,6 +350,7 @@ func (k *Check) Run(ctx context.Context) {
 }
 
 func (k *Check) testZone(ctx context.Context, z *zoneState) {
+	z.lastTest.Store(time.Now().UnixNano())
 	addrs, err := k.r.LookupA(ctx, dnsx.ReverseName(z.testIP, z.name))
 	var reason string
 	switch {

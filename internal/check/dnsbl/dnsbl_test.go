@@ -249,3 +249,38 @@ func TestValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A zone disabled while the resolver was down (startup, outage) is
+// re-tested by the next client lookup once downRetry has passed, so a
+// listed client is not accepted unscored until the next periodic
+// self-test.
+func TestDownZoneRetestedByLookup(t *testing.T) {
+	srv, r := setup(t)
+	chk, err := New(testConfig(), Deps{Resolver: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, z := range []string{"bl.example", "bl2.example", "wl.example"} {
+		srv.Delay("2.0.0.127."+z, 3*time.Second)
+	}
+	if down := chk.SelfTest(ctx); len(down) != 3 {
+		t.Fatalf("down = %v, want all three (resolver timing out)", down)
+	}
+	for _, z := range []string{"bl.example", "bl2.example", "wl.example"} {
+		srv.Delay("2.0.0.127."+z, 0)
+	}
+	// Within downRetry the zone stays skipped.
+	if lk := chk.Query(ctx, netip.MustParseAddr("127.0.0.20")); len(lk.Listings) != 0 || len(lk.Skipped) != 3 {
+		t.Fatalf("zones used before downRetry: %+v", lk)
+	}
+	chk.downRetry = 50 * time.Millisecond
+	time.Sleep(60 * time.Millisecond)
+	res := chk.CheckConn(ctx, conn("127.0.0.20"))
+	if res.Hard == nil || res.Hard.Reply.Code != 554 {
+		t.Fatalf("listed client not rejected after the resolver recovered: %+v", res)
+	}
+	if !chk.ZoneUp("bl.example") || !chk.ZoneUp("bl2.example") || !chk.ZoneUp("wl.example") {
+		t.Fatal("zones not re-enabled by the lookup's re-test")
+	}
+}

@@ -58,6 +58,9 @@ func (c *Config) Validate() error {
 			if strings.TrimSpace(v) == "" || strings.ContainsAny(v, " \t") {
 				return fmt.Errorf("%s: %q is not a valid entry", key, v)
 			}
+			if strings.Contains(unwild(strings.TrimSpace(v)), "*") {
+				return fmt.Errorf("%s: %q: the only wildcard is a leading \"*.\" (or \".\") for a domain and its subdomains, or \"*@\" for a whole domain", key, v)
+			}
 		}
 	}
 	if c.AllowWeight > 0 {
@@ -147,9 +150,23 @@ type matcher struct {
 	domSufs  []string        // ".example.com"
 }
 
+// unwild rewrites the wildcard spellings people naturally write into the
+// list syntax: "*.example.com" is ".example.com" (the domain and its
+// subdomains), "*@example.com" and "@*.example.com" are "@example.com" and
+// ".example.com". Without it such entries were accepted and never matched.
+func unwild(v string) string {
+	switch {
+	case strings.HasPrefix(v, "@*."):
+		return v[2:]
+	case strings.HasPrefix(v, "*@"), strings.HasPrefix(v, "*."):
+		return v[1:]
+	}
+	return v
+}
+
 func (m *matcher) add(kind string, vals ...string) {
 	for _, v := range vals {
-		v = strings.ToLower(strings.TrimSpace(v))
+		v = unwild(strings.ToLower(strings.TrimSpace(v)))
 		switch kind {
 		case KindIP:
 			if p, err := parsePrefix(v); err == nil {
@@ -214,12 +231,22 @@ func (m *matcher) helo(h string) bool {
 	return h != "" && (m.helos[h] || suffixMatch(h, m.heloSufs))
 }
 
-func (m *matcher) sender(a pipeline.Address) bool {
+func (m *matcher) sender(a pipeline.Address) bool { return m.senderLevel(a) > 0 }
+
+// senderLevel says how specifically the list matches the sender: 2 the
+// exact address, 1 its domain (exact or by suffix), 0 no match.
+func (m *matcher) senderLevel(a pipeline.Address) int {
 	if a.Domain == "" {
-		return false
+		return 0
 	}
 	d := strings.ToLower(a.Domain)
-	return m.addrs[strings.ToLower(a.Local)+"@"+d] || m.domains[d] || suffixMatch(d, m.domSufs)
+	switch {
+	case m.addrs[strings.ToLower(a.Local)+"@"+d]:
+		return 2
+	case m.domains[d] || suffixMatch(d, m.domSufs):
+		return 1
+	}
+	return 0
 }
 
 func (k *Check) allowSym(kind, detail string) verdict.Result {
@@ -269,7 +296,9 @@ func (k *Check) CheckMail(_ context.Context, tx *pipeline.Txn) verdict.Result {
 }
 
 // CheckRcpt matches the recipient's domain and personal lists (every
-// kind). Block wins over allow.
+// kind). Block wins over allow, except that an allowed sender address
+// wins over a blocked sender domain (as quarantine.Prefs.Lookup decides:
+// "block @example.com, but always allow boss@example.com").
 func (k *Check) CheckRcpt(ctx context.Context, tx *pipeline.Txn, r *pipeline.Rcpt) verdict.Result {
 	if k.src == nil {
 		return verdict.Result{}
@@ -302,7 +331,11 @@ func (k *Check) CheckRcpt(ctx context.Context, tx *pipeline.Txn, r *pipeline.Rcp
 		{KindHelo, "helo " + c.Helo, func(m *matcher) bool { return m.helo(c.Helo) }},
 		{KindSender, "sender " + tx.From.String(), func(m *matcher) bool { return m.sender(tx.From) }},
 	}
+	allowSender := allow.senderLevel(tx.From)
 	for _, p := range probes {
+		if p.kind == KindSender && block.senderLevel(tx.From) < allowSender {
+			continue // a more specific allow
+		}
 		if p.hit(&block) {
 			return k.blockRes(p.kind, p.detail+" for "+r.Addr.String())
 		}

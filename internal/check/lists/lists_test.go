@@ -3,6 +3,7 @@ package lists
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,5 +118,72 @@ func TestValidate(t *testing.T) {
 	cfg.AllowWeight = 5
 	if err := cfg.Validate(); err == nil {
 		t.Fatal("positive allow weight accepted")
+	}
+}
+
+// "*.example.com" and "*@example.com" were accepted by Validate and never
+// matched; they are now the suffix and domain forms. An allowed sender
+// address beats a blocked sender domain in a recipient's entries, as
+// quarantine.Prefs.Lookup decides.
+func TestWildcardsAndSpecificity(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.BlockHelos = []string{"*.wild-helo.example"}
+	cfg.BlockSenders = []string{"*.wild.example", "*@wild2.example", "@*.wild3.example"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	src := memSource{
+		"t.example": {{Kind: KindSender, Value: "@dblock.example"}},
+		"alice@t.example": {
+			{Kind: KindSender, Value: "@pblock.example"},
+			{Kind: KindSender, Value: "boss@pblock.example", Allow: true},
+			{Kind: KindSender, Value: "friend@dblock.example", Allow: true},
+			{Kind: KindSender, Value: "spammer@ok.example"},
+			{Kind: KindSender, Value: "@ok.example", Allow: true},
+			{Kind: KindSender, Value: "*@star.example"},
+		},
+	}
+	chk, err := New(cfg, Deps{Source: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cases := []struct {
+		helo, from, rcpt string
+		want             string // symbol, "" for none
+	}{
+		{"a.wild-helo.example", "x@y.example", "bob", "BLOCKLIST_HELO"},
+		{"wild-helo.example", "x@y.example", "bob", "BLOCKLIST_HELO"},
+		{"h.example", "x@a.wild.example", "bob", "BLOCKLIST_SENDER"},
+		{"h.example", "x@wild2.example", "bob", "BLOCKLIST_SENDER"},
+		{"h.example", "x@sub.wild3.example", "bob", "BLOCKLIST_SENDER"},
+		{"h.example", "x@pblock.example", "alice", "BLOCKLIST_SENDER"},
+		{"h.example", "Boss@pblock.example", "alice", "ALLOWLIST_SENDER"},
+		{"h.example", "friend@dblock.example", "alice", "ALLOWLIST_SENDER"},
+		{"h.example", "other@dblock.example", "alice", "BLOCKLIST_SENDER"},
+		{"h.example", "spammer@ok.example", "alice", "BLOCKLIST_SENDER"},
+		{"h.example", "x@ok.example", "alice", "ALLOWLIST_SENDER"},
+		{"h.example", "x@star.example", "alice", "BLOCKLIST_SENDER"},
+	}
+	for _, tc := range cases {
+		c := &pipeline.Conn{IP: netip.MustParseAddr("127.0.9.1"), Helo: tc.helo, Report: &verdict.Report{}}
+		l, d, _ := cutAt(tc.from)
+		tx := &pipeline.Txn{Conn: c, From: pipeline.Address{Local: l, Domain: d}, Report: &verdict.Report{}}
+		rc := &pipeline.Rcpt{Addr: pipeline.Address{Local: tc.rcpt, Domain: "t.example"}, Domain: "t.example", Report: &verdict.Report{}}
+		var got []verdict.Symbol
+		for _, r := range []verdict.Result{chk.CheckHelo(ctx, c), chk.CheckMail(ctx, tx), chk.CheckRcpt(ctx, tx, rc)} {
+			got = append(got, r.Symbols...)
+			if strings.HasPrefix(tc.want, "BLOCKLIST") && len(r.Symbols) > 0 && r.Symbols[0].Name == tc.want && r.Hard == nil {
+				t.Errorf("%s from %s: block without a hard verdict", tc.helo, tc.from)
+			}
+		}
+		if len(got) != 1 || got[0].Name != tc.want {
+			t.Errorf("helo %s from %s to %s: symbols %v, want [%s]", tc.helo, tc.from, tc.rcpt, got, tc.want)
+		}
+	}
+	bad := DefaultConfig()
+	bad.BlockSenders = []string{"spam*@example.com"}
+	if err := bad.Validate(); err == nil {
+		t.Fatal("an unsupported wildcard was accepted")
 	}
 }
