@@ -160,10 +160,17 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 	d := Decision{Action: verdict.NoOpinion}
 	var hard *verdict.Verdict
 	var hardFrom string
+	allowIP := p.allowedIP(results)
 	for _, res := range results {
 		l := p.Layer(res.Check)
 		if l.Mode == ModeOff {
 			continue
+		}
+		if allowIP && reputationLayers[res.Check] && res.Hard != nil {
+			// The client's address is allowlisted: its reputation (a
+			// blocklist listing, no PTR, a bot sign) refuses nothing, and
+			// its scores are outweighed.
+			res.Hard = nil
 		}
 		var score float64
 		for _, s := range res.Symbols {
@@ -239,6 +246,33 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 		d.Reply.Text += "; if this is an error contact " + p.Appeal
 	}
 	return d
+}
+
+// reputationLayers judge the client by its address and manners. An
+// allowlisted client address (the lists layer's ALLOWLIST_IP: an admin
+// vouches for it, e.g. after a blocklist false positive) lifts their
+// hard verdicts, as Postfix's permit ends the client restrictions.
+// Recipients, viruses, attachments and block entries still apply, and
+// a sender allow (forgeable) lifts nothing.
+var reputationLayers = map[string]bool{"rdns": true, "dnsbl": true, "botnet": true, "helo": true, "greylist": true}
+
+// allowedIP reports whether the lists layer allowlisted the client's
+// address (and counts: not off, not observing).
+func (p *Policy) allowedIP(results []verdict.Result) bool {
+	for _, res := range results {
+		if res.Check != "lists" {
+			continue
+		}
+		if l := p.Layer(res.Check); l.Mode == ModeOff || l.Observe {
+			return false
+		}
+		for _, s := range res.Symbols {
+			if s.Name == "ALLOWLIST_IP" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func toTemp(r verdict.Reply) verdict.Reply {

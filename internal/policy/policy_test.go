@@ -50,6 +50,12 @@ func TestDecide(t *testing.T) {
 			[]verdict.Result{sym("bayes", "B", 20)}, Content, verdict.Quarantine, 550, 20},
 		{"keep rejected never keeps viruses", func(p *Policy) { p.KeepRejected = true },
 			[]verdict.Result{hard("clamav", verdict.Reject, 554)}, Content, verdict.Reject, 554, 0},
+		{"allowlisted IP lifts a blocklist reject", nil, []verdict.Result{sym("lists", "ALLOWLIST_IP", -100), hard("dnsbl", verdict.Reject, 554)}, Envelope, verdict.NoOpinion, 0, -100},
+		{"allowlisted IP still meets unknown users", nil, []verdict.Result{sym("lists", "ALLOWLIST_IP", -100), hard("recipient", verdict.Reject, 550)}, Envelope, verdict.Reject, 550, -100},
+		{"allowlisted IP still meets viruses", nil, []verdict.Result{sym("lists", "ALLOWLIST_IP", -100), hard("clamav", verdict.Reject, 554)}, Content, verdict.Reject, 554, -100},
+		{"a sender allow lifts no blocklist reject", nil, []verdict.Result{sym("lists", "ALLOWLIST_SENDER", -100), hard("dnsbl", verdict.Reject, 554)}, Envelope, verdict.Reject, 554, -100},
+		{"an observed allowlist lifts nothing", func(p *Policy) { p.Layers["lists"] = Layer{Mode: ModeReject, Observe: true} },
+			[]verdict.Result{sym("lists", "ALLOWLIST_IP", -100), hard("dnsbl", verdict.Reject, 554)}, Envelope, verdict.Reject, 554, 0},
 		{"allowlist outweighs", nil, []verdict.Result{sym("lists", "ALLOWLIST_IP", -100), sym("bayes", "B", 20)}, Content, verdict.NoOpinion, 0, -80},
 	}
 	for _, c := range cases {

@@ -355,3 +355,36 @@ func TestSwaks(t *testing.T) {
 		t.Fatal("swaks message not delivered")
 	}
 }
+
+// TestAllowlistedIPBypassesBlocklist: a client listed in a DNS blocklist
+// is refused (554 5.7.1), and recovered by allowlisting its address, the
+// way an admin answers a blocklist false positive; the allowlist lifts
+// the listing but not recipient verification.
+func TestAllowlistedIPBypassesBlocklist(t *testing.T) {
+	backend := startSink(t, sink.Config{})
+	zones := "  dnsbl:\n    zones:\n      - {zone: bl.test, weight: 3}\n"
+	for _, allow := range []bool{false, true} {
+		lists := ""
+		if allow {
+			lists = "  lists:\n    allow_ips: [127.0.0.1/32]\n"
+		}
+		g := newGateway(t, zones+lists+fmt.Sprintf("domains:\n  - name: example.test\n    backends: [%q]\n    recipients:\n      list: [alice]\n", backend.Addr()))
+		g.DNS.Add(t, "2.0.0.127.bl.test. 300 IN A 127.0.0.2") // the self-test entry
+		g.DNS.Add(t, "1.0.0.127.bl.test. 300 IN A 127.0.0.2") // the client
+		g.Start()
+		reply, err := send(g.SMTP, "someone@sender.test", []string{"alice@example.test"}, fmt.Sprintf(testMsg, "bl", "listed client"))
+		if !allow {
+			if err == nil || !strings.Contains(err.Error(), "554") || !strings.Contains(err.Error(), "bl.test") {
+				t.Fatalf("listed client: reply %q, err %v; want 554 naming bl.test", reply, err)
+			}
+			g.Stop()
+			continue
+		}
+		if err != nil || !strings.Contains(reply, "queued as") {
+			t.Fatalf("allowlisted client: reply %q, err %v; want it accepted", reply, err)
+		}
+		if _, err := send(g.SMTP, "someone@sender.test", []string{"nobody@example.test"}, fmt.Sprintf(testMsg, "bl2", "x")); err == nil || !strings.Contains(err.Error(), "550") {
+			t.Fatalf("allowlisted client, unknown user: %v; want 550", err)
+		}
+	}
+}
