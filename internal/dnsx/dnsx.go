@@ -58,6 +58,11 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// DNSLookupFailed reports whether the lookup failed (as opposed to
+// answering that the name or record does not exist). The policy answers
+// such failures with 451 4.4.3 without importing this package.
+func (e *Error) DNSLookupFailed() bool { return !e.NotFound() }
+
 // NotFound reports whether the name or the record type does not exist.
 func (e *Error) NotFound() bool { return e.Kind == KindNXDomain || e.Kind == KindNoData }
 

@@ -5,6 +5,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -152,7 +153,19 @@ var (
 	replyTempfail = verdict.Reply{Code: 451, Enhanced: [3]int{4, 3, 0}, Text: "Temporary local problem, please try again later"}
 	replyHeld     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message refused as suspicious; a copy is held for review"}
 	replySpam     = verdict.Reply{Code: 550, Enhanced: [3]int{5, 7, 1}, Text: "Message refused by policy"}
+	replyDNS      = verdict.Reply{Code: 451, Enhanced: [3]int{4, 4, 3}, Text: "Temporary DNS failure, please try again later"}
 )
+
+// tempfailReply is the answer to a check that could not run: 451 4.4.3
+// (directory server failure, RFC 3463) when a DNS lookup failed, else
+// 451 4.3.0.
+func tempfailReply(err error) verdict.Reply {
+	var lf interface{ DNSLookupFailed() bool } // a *dnsx.Error
+	if errors.As(err, &lf) && lf.DNSLookupFailed() {
+		return replyDNS
+	}
+	return replyTempfail
+}
 
 // Decide merges results into one decision. Results of checks in observe
 // mode are reported in Observed and otherwise ignored.
@@ -178,7 +191,7 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 		}
 		var h *verdict.Verdict
 		if res.Err != nil && l.OnError == "tempfail" {
-			h = &verdict.Verdict{Action: verdict.TempFail, Reply: replyTempfail, Reason: res.Check + ": " + res.Err.Error()}
+			h = &verdict.Verdict{Action: verdict.TempFail, Reply: tempfailReply(res.Err), Reason: res.Check + ": " + res.Err.Error()}
 		} else if res.Hard != nil {
 			v := *res.Hard
 			h = &v

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -40,6 +41,7 @@ func TestDecide(t *testing.T) {
 		{"observe changes nothing", func(p *Policy) { p.Layers["dnsbl"] = Layer{Mode: ModeReject, Observe: true} },
 			[]verdict.Result{hard("dnsbl", verdict.Reject, 554), sym("dnsbl", "X", 20)}, Content, verdict.NoOpinion, 0, 0},
 		{"error tempfails", nil, []verdict.Result{{Check: "rdns", Err: errors.New("dns down")}}, Envelope, verdict.TempFail, 451, 0},
+		{"DNS failure tempfails", nil, []verdict.Result{{Check: "dnsbl", Err: fmt.Errorf("dnsbl: %w", lookupErr(true))}}, Envelope, verdict.TempFail, 451, 0},
 		{"a score at reject outranks a tempfail", nil, []verdict.Result{hard("clamav", verdict.TempFail, 451), sym("rules", "GTUBE", 1000)}, Content, verdict.Reject, 550, 1000},
 		{"a score below reject does not", nil, []verdict.Result{hard("clamav", verdict.TempFail, 451), sym("rules", "R", 11)}, Content, verdict.TempFail, 451, 11},
 		{"error ignored", func(p *Policy) { p.Layers["rdns"] = Layer{OnError: "ignore"} },
@@ -79,6 +81,28 @@ func TestAppealAndSoftBounce(t *testing.T) {
 	}
 	if r := SoftBounce(d.Reply); r.Code != 454 || r.Enhanced[0] != 4 {
 		t.Fatalf("soft bounce: %v", r)
+	}
+}
+
+// lookupErr is a DNS lookup error as package dnsx reports one.
+type lookupErr bool
+
+func (e lookupErr) Error() string         { return "dns A x.test: servfail" }
+func (e lookupErr) DNSLookupFailed() bool { return bool(e) }
+
+// TestTempfailReplies: a failed DNS lookup says so (4.4.3); other
+// failures of a check are 4.3.0; a lookup that found nothing is not a
+// DNS failure.
+func TestTempfailReplies(t *testing.T) {
+	for err, want := range map[error][3]int{
+		fmt.Errorf("rdns: %w", lookupErr(true)):  {4, 4, 3},
+		fmt.Errorf("rdns: %w", lookupErr(false)): {4, 3, 0},
+		errors.New("clamd: connection refused"):  {4, 3, 0},
+	} {
+		d := Default().Decide([]verdict.Result{{Check: "rdns", Err: err}}, Envelope)
+		if d.Action != verdict.TempFail || d.Reply.Code != 451 || d.Reply.Enhanced != want {
+			t.Errorf("%v: %v %d %v, want 451 %v", err, d.Action, d.Reply.Code, d.Reply.Enhanced, want)
+		}
 	}
 }
 
