@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"moat.dev/moat/internal/dnsx"
@@ -165,10 +166,26 @@ func Get(ctx context.Context, c *pipeline.Conn, r dnsx.Resolver) (Info, error) {
 func (k *Check) CheckConn(ctx context.Context, c *pipeline.Conn) verdict.Result {
 	v, err := startWithTimeout(c, k.r, k.cfg.Timeout).Get(ctx)
 	info, _ := v.(Info)
-	if err != nil {
-		return verdict.Result{Err: fmt.Errorf("rdns lookup for %s: %w", c.IP, err)}
+	// Authentication-Results iprev (RFC 8601 2.7.3): pass only when the
+	// PTR name resolves back to the client.
+	iprev := func(result string) []string {
+		ip := c.IP.String()
+		if strings.Contains(ip, ":") {
+			ip = `"` + ip + `"` // a colon is not a token character (RFC 8601 2.2)
+		}
+		s := "iprev=" + result + " policy.iprev=" + ip
+		if result == "pass" && hostnameSyntax(info.Name) {
+			s += " (" + info.Name + ")"
+		}
+		return []string{s}
 	}
-	var res verdict.Result
+	if err != nil {
+		return verdict.Result{Err: fmt.Errorf("rdns lookup for %s: %w", c.IP, err), Auth: iprev("temperror")}
+	}
+	res := verdict.Result{Auth: iprev("pass")}
+	if !info.Confirmed {
+		res.Auth = iprev("fail")
+	}
 	switch {
 	case len(info.Names) == 0:
 		res.Symbols = []verdict.Symbol{{Name: SymNone, Score: k.cfg.NoneWeight, Detail: "no PTR for " + c.IP.String()}}

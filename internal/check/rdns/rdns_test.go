@@ -3,6 +3,7 @@ package rdns
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,6 +111,27 @@ func TestRDNS(t *testing.T) {
 				t.Fatalf("ClientName = %q, want %q", c.ClientName(), want)
 			}
 		})
+	}
+}
+
+// TestIPRev: the check reports iprev for Authentication-Results (RFC 8601
+// 2.7.3): pass with the confirmed name, fail, or temperror.
+func TestIPRev(t *testing.T) {
+	_, r := setup(t)
+	chk, err := New(DefaultConfig(), Deps{Resolver: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ip, want := range map[string]string{
+		"127.0.0.10": "iprev=pass policy.iprev=127.0.0.10 (",
+		"127.0.0.11": "iprev=fail policy.iprev=127.0.0.11",
+		"127.0.0.12": "iprev=fail policy.iprev=127.0.0.12",
+		"127.0.0.15": "iprev=temperror policy.iprev=127.0.0.15",
+	} {
+		res := chk.CheckConn(context.Background(), conn(ip))
+		if len(res.Auth) != 1 || !strings.HasPrefix(res.Auth[0], want) {
+			t.Errorf("%s: Auth %q, want %q...", ip, res.Auth, want)
+		}
 	}
 }
 
