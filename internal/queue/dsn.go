@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 )
@@ -154,7 +155,7 @@ func buildDSN(cfg Config, env *Envelope, rcpts []RcptState, action string, hdr [
 		}
 		w("Status: %s", status)
 		if r.Host != "" {
-			w("Remote-MTA: dns; %s", sanitizeLine(r.Host))
+			w("Remote-MTA: dns; %s", sanitizeLine(mtaName(r.Host)))
 		}
 		if r.LastReply != "" {
 			w("Diagnostic-Code: smtp; %s", sanitizeLine(r.LastReply))
@@ -177,6 +178,16 @@ func buildDSN(cfg Config, env *Envelope, rcpts []RcptState, action string, hdr [
 	w("")
 	w("--%s--", boundary)
 	return b.Bytes()
+}
+
+// mtaName is the host of a backend address ("host:port", as the relay
+// reports it) for Remote-MTA, whose "dns" name type takes a host name
+// (RFC 3464 2.3.5), not an address with a port.
+func mtaName(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil && h != "" {
+		return h
+	}
+	return hostport
 }
 
 func isASCII(b []byte) bool {

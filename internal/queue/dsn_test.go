@@ -6,6 +6,7 @@ import (
 	"net/textproto"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-message"
 )
@@ -88,6 +89,26 @@ func TestReadHeader(t *testing.T) {
 		got, err := readHeader(strings.NewReader(tc.in))
 		if err != nil || string(got) != tc.want {
 			t.Errorf("readHeader(%.20q) = %.40q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// Remote-MTA names the backend's host: the relay reports "host:port",
+// and a port is not part of a "dns" MTA name (RFC 3464 2.3.5).
+func TestDSNRemoteMTAIsHostName(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Hostname = "moat.test"
+	env := &Envelope{ID: "0000000000000001", From: "a@b.test", Received: time.Now()}
+	for host, want := range map[string]string{
+		"127.0.0.1:2830":   "dns; 127.0.0.1",
+		"mx.a.test:25":     "dns; mx.a.test",
+		"[2001:db8::1]:25": "dns; 2001:db8::1",
+		"mx.a.test":        "dns; mx.a.test",
+	} {
+		rc := RcptState{Addr: "x@a.test", Status: StatusFailed, Host: host, LastReply: "550 5.1.1 no", DSNStatus: "5.1.1"}
+		rep := parseDSN(t, string(buildDSN(cfg, env, []RcptState{rc}, dsnFailed, []byte("Subject: s\r\n"), time.Now())))
+		if got := rep.rcpts[0].Get("Remote-MTA"); got != want {
+			t.Errorf("Host %q: Remote-MTA %q, want %q", host, got, want)
 		}
 	}
 }

@@ -452,7 +452,7 @@ func (r *Relay) prepare(d *queue.Delivery, route *Route) (*prepared, error) {
 		if len(route.PassSecret) == 0 {
 			return p, nil
 		}
-		v := passmark.Sign(route.PassSecret, passmark.Mark{Domain: d.Domain, ID: d.Env.ID, Time: now, Rcpts: d.Rcpts, Digest: digest})
+		v := passmark.Sign(route.PassSecret, passmark.Mark{Domain: markDomain(d, route), ID: d.Env.ID, Time: now, Rcpts: d.Rcpts, Digest: digest})
 		p.pass = passmark.Field + ": " + strings.ReplaceAll(v, "; ", ";\r\n\t") + "\r\n"
 		return p, nil
 	}
@@ -479,10 +479,22 @@ func (r *Relay) prepare(d *queue.Delivery, route *Route) (*prepared, error) {
 		return nil, err
 	}
 	if len(route.PassSecret) > 0 {
-		v := passmark.Sign(route.PassSecret, passmark.Mark{Domain: d.Domain, ID: d.Env.ID, Time: now, Rcpts: d.Rcpts, Digest: digest})
+		v := passmark.Sign(route.PassSecret, passmark.Mark{Domain: markDomain(d, route), ID: d.Env.ID, Time: now, Rcpts: d.Rcpts, Digest: digest})
 		p.pass = passmark.Field + ": " + strings.ReplaceAll(v, "; ", ";\r\n\t") + "\r\n"
 	}
 	return p, nil
+}
+
+// markDomain is the customer domain a pass mark names (d=): the route's,
+// whose secret signs it. A DSN to a customer domain is delivered as
+// "dsn:DOMAIN" (package app) over that domain's route; d=dsn:DOMAIN would
+// not verify against the site master key (`moat verify-pass --config`
+// derives the secret from d=).
+func markDomain(d *queue.Delivery, route *Route) string {
+	if route.Domain != "" {
+		return route.Domain
+	}
+	return d.Domain
 }
 
 // receivedField is the trace field naming the real client (RFC 5321 4.4).
@@ -559,6 +571,14 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 		log.Info("relay: connection lost", "backend", host, "stage", stage, "err", err)
 		return allResults(d, synth(451, [3]int{4, 4, 2}, "connection to backend lost during "+stage), host), true, false
 	}
+	// closing is a 421 before the message was handed over: the backend
+	// is closing the channel (RFC 5321 3.8), as when it refuses the
+	// greeting, or an idle connection it timed out was reused. Like a
+	// lost connection: dial again or try the next backend.
+	closing := func(stage string, rr verdict.Reply) ([]queue.Result, bool, bool) {
+		log.Info("relay: backend closing the connection", "backend", host, "stage", stage, "reply", rr.String())
+		return allResults(d, rr, host), true, false
+	}
 	env := d.Env
 	if env.SMTPUTF8 && !c.has("SMTPUTF8") {
 		return allResults(d, synth(554, [3]int{5, 6, 7}, "backend does not support SMTPUTF8 (RFC 6531) required by this message"), host), false, true
@@ -592,8 +612,11 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 		if err != nil {
 			return lost("MAIL", err)
 		}
+		if rr.Code == 421 {
+			return closing("MAIL", rr)
+		}
 		if rr.Code/100 != 2 {
-			return allResults(d, rr, host), false, rr.Code != 421
+			return allResults(d, rr, host), false, true
 		}
 	}
 	for _, rc := range d.Rcpts {
@@ -617,11 +640,17 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 		if err != nil {
 			return lost("MAIL", err)
 		}
+		if rr.Code == 421 {
+			return closing("MAIL", rr)
+		}
 		mailOK := rr.Code/100 == 2
 		for i, rc := range d.Rcpts {
 			r2, _, err := c.readReply(cmdTO)
 			if err != nil {
 				return lost("RCPT", err)
+			}
+			if r2.Code == 421 {
+				return closing("RCPT", r2)
 			}
 			if !mailOK {
 				r2 = rr // RCPT replies after a failed MAIL mean nothing
@@ -642,6 +671,9 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 			r2, _, err := c.readReply(cmdTO)
 			if err != nil {
 				return lost("RCPT", err)
+			}
+			if r2.Code == 421 {
+				return closing("RCPT", r2)
 			}
 			res[i] = queue.Result{Rcpt: rc, Reply: r2, Host: host, Permanent: r2.Code/100 == 5}
 			if r2.Code/100 == 2 {
@@ -672,9 +704,12 @@ func (r *Relay) transaction(ctx context.Context, c *smtpConn, d *queue.Delivery,
 			return lost("DATA", err)
 		}
 	}
+	if rr.Code == 421 {
+		return closing("DATA", rr)
+	}
 	if rr.Code != 354 {
 		setAccepted(res, rr)
-		return res, false, rr.Code != 421
+		return res, false, true
 	}
 	// From here on a failure is not retried elsewhere: the backend may
 	// already have the message (RFC 1047 duplicate risk is preferable to
