@@ -675,6 +675,9 @@ func (c *sconn) scan(buf []byte) (int, bool) {
 			switch b {
 			case '.':
 				st = sDot
+				// The dot doubled for transparency is not part of the
+				// line (RFC 5321 4.5.3.1.6).
+				lineLen--
 			case '\r':
 				st = sCR
 			default:

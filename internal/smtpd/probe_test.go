@@ -84,3 +84,21 @@ func TestHopLimit(t *testing.T) {
 		t.Fatalf("spooled %d messages, want only the one within the limit", len(ids))
 	}
 }
+
+// The line-length limit does not count the dot doubled for transparency
+// (RFC 5321 4.5.3.1.6): a 1000-octet line starting with "." is sent as
+// 1001 octets and is within the limit; one octet more is not.
+func TestDotStuffedLineLength(t *testing.T) {
+	e := newEnv(t, nil)
+	c := e.dial().start()
+	for _, tc := range []struct {
+		xs   int
+		want string
+	}{{998, "250 2.0.0 Ok: queued as "}, {999, "554 5.6.0"}} {
+		c.expect("MAIL FROM:<a@sender.test>", "250 ")
+		c.expect("RCPT TO:<b@customer.example>", "250 ")
+		c.expect("DATA", "354 ")
+		// On the wire: ".." then the x's: the line is "." plus the x's.
+		c.expect(msg("dots", ".."+strings.Repeat("x", tc.xs-1)+"\r\n")+".", tc.want)
+	}
+}
