@@ -22,7 +22,7 @@ func FuzzNormalise(f *testing.F) {
 		var out bytes.Buffer
 		bw := bufio.NewWriter(&out)
 		nw := newNormWriter(bw, true)
-		err := copyMessage(nw, bytes.NewReader(msg), prefix)
+		err := copyMessage(nw, bytes.NewReader(msg), prefix, "")
 		bw.Flush()
 		if bytes.IndexByte(msg, 0) >= 0 || strings.Contains(prefix, "\x00") {
 			if err == nil {
@@ -92,4 +92,44 @@ func FuzzReadReply(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestForgedFieldsRemoved: fields only Moat writes (its check fields,
+// SpamAssassin's, and Authentication-Results in Moat's name) are removed
+// from the sender's header, folded lines too; everything else, the other
+// servers' Authentication-Results and the body included, is kept.
+func TestForgedFieldsRemoved(t *testing.T) {
+	prepend := "X-Moat-Checks: score=0 action=deliver\r\nAuthentication-Results: mx.moat.test; spf=pass\r\nX-Spam-Score: 0.0\r\n"
+	msg := "Received: from a by b\r\n" +
+		"Authentication-Results: MX.moat.test; dkim=pass header.d=bank.example;\r\n\tdmarc=pass\r\n" +
+		"Authentication-Results: other.example; spf=fail\r\n" +
+		"X-Spam-Status: No, score=-5.0\r\n" +
+		"x-spam-flag: NO\r\n" +
+		"X-Moat-Checks: score=-50\r\n" +
+		"Subject: hello\r\n" +
+		"X-Spam-Level:\r\n\t***\r\n" +
+		"\r\n" +
+		"X-Spam-Status: in the body stays\r\n"
+	var out bytes.Buffer
+	bw := bufio.NewWriter(&out)
+	if err := copyMessage(newNormWriter(bw, false), strings.NewReader(msg), "", prepend); err != nil {
+		t.Fatal(err)
+	}
+	bw.Flush()
+	want := "Received: from a by b\r\n" +
+		"Authentication-Results: other.example; spf=fail\r\n" +
+		"Subject: hello\r\n" +
+		"\r\n" +
+		"X-Spam-Status: in the body stays\r\n"
+	if out.String() != want {
+		t.Fatalf("got\n%q\nwant\n%q", out.String(), want)
+	}
+	// A message Moat wrote nothing above (its own DSN) is copied as is.
+	out.Reset()
+	bw.Reset(&out)
+	copyMessage(newNormWriter(bw, false), strings.NewReader(msg), "", "")
+	bw.Flush()
+	if out.String() != msg {
+		t.Fatalf("without prepend: %q", out.String())
+	}
 }

@@ -72,7 +72,7 @@ func memDigest(d *queue.Delivery) ([]byte, error) {
 	defer func() { bw.Reset(nil); normPool.Put(bw) }()
 	nw := newNormWriter(bw, false)
 	io.WriteString(nw, d.Env.Prepend)
-	if err := copyMessage(nw, rc, d.Env.SubjectPrefix); err != nil {
+	if err := copyMessage(nw, rc, d.Env.SubjectPrefix, d.Env.Prepend); err != nil {
 		return nil, err
 	}
 	if err := bw.Flush(); err != nil {

@@ -467,7 +467,7 @@ func (r *Relay) prepare(d *queue.Delivery, route *Route) (*prepared, error) {
 		bw := bufio.NewWriterSize(pw, 32<<10)
 		nw := newNormWriter(bw, false)
 		io.WriteString(nw, d.Env.Prepend)
-		err = copyMessage(nw, rc, d.Env.SubjectPrefix)
+		err = copyMessage(nw, rc, d.Env.SubjectPrefix, d.Env.Prepend)
 		if err == nil {
 			err = bw.Flush()
 		}
@@ -845,7 +845,7 @@ func (r *Relay) stream(c *smtpConn, d *queue.Delivery, msg *prepared) error {
 	io.WriteString(nw, msg.received)
 	io.WriteString(nw, msg.pass)
 	io.WriteString(nw, d.Env.Prepend)
-	if err := copyMessage(nw, rc, d.Env.SubjectPrefix); err != nil {
+	if err := copyMessage(nw, rc, d.Env.SubjectPrefix, d.Env.Prepend); err != nil {
 		return err
 	}
 	c.bw.WriteString(".\r\n")

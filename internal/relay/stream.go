@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 )
 
@@ -88,25 +89,40 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // the empty line it lacks, so that the fields Moat puts in front of it do
 // not run into its first line (as Postfix's cleanup does); the subject
 // prefix then becomes a Subject field of its own.
-func copyMessage(nw *normWriter, r io.Reader, subjectPrefix string) error {
+//
+// prepend is what Moat wrote above the message (its Received-less check
+// fields). A field of the message that Moat also writes (X-Spam-Status,
+// X-Moat-Checks, ...), or an Authentication-Results field in Moat's name,
+// came from the sender and is removed, so that filters downstream can
+// trust them (RFC 8601 5; SpamAssassin removes X-Spam-* fields it did not
+// write).
+func copyMessage(nw *normWriter, r io.Reader, subjectPrefix, prepend string) error {
 	br := bufio.NewReaderSize(r, 64<<10)
+	forged := ownedFields(prepend)
 	if headerless(br) {
 		sep := "\r\n"
 		if subjectPrefix != "" {
 			sep = "Subject: " + string(bytes.TrimRight([]byte(subjectPrefix), " ")) + "\r\n\r\n"
 			subjectPrefix = ""
 		}
+		forged = nil // what follows is body
 		if _, err := nw.Write([]byte(sep)); err != nil {
 			return err
 		}
 	}
 	r = br
-	if subjectPrefix != "" {
+	if subjectPrefix != "" || forged != nil {
 		hdr, err := readHeader(br)
 		if err != nil {
 			return err
 		}
-		if _, err := nw.Write(prefixSubject(hdr, subjectPrefix)); err != nil {
+		if forged != nil {
+			hdr = forged.strip(hdr)
+		}
+		if subjectPrefix != "" {
+			hdr = prefixSubject(hdr, subjectPrefix)
+		}
+		if _, err := nw.Write(hdr); err != nil {
 			return err
 		}
 	}
@@ -127,6 +143,81 @@ func copyMessage(nw *normWriter, r io.Reader, subjectPrefix string) error {
 			return err
 		}
 	}
+}
+
+// spamFields are SpamAssassin's fields: Moat writes its own (some only
+// when tagged), so a message never keeps the sender's.
+var spamFields = []string{"x-spam-flag", "x-spam-status", "x-spam-score", "x-spam-level", "x-spam-report", "x-spam-checker-version"}
+
+// fieldFilter is what copyMessage removes from a message's header.
+type fieldFilter struct {
+	names    map[string]bool // lower-case field names
+	authserv string          // Moat's authserv-id in Authentication-Results
+}
+
+// ownedFields returns the filter for a message Moat wrote prepend above,
+// nil when it wrote nothing (a DSN of its own).
+func ownedFields(prepend string) *fieldFilter {
+	if prepend == "" {
+		return nil
+	}
+	f := &fieldFilter{names: map[string]bool{}}
+	for _, n := range spamFields {
+		f.names[n] = true
+	}
+	for line := range strings.SplitSeq(prepend, "\n") {
+		if line == "" || line[0] == ' ' || line[0] == '\t' {
+			continue
+		}
+		name, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch name = strings.ToLower(strings.TrimSpace(name)); name {
+		case "received": // trace fields accumulate
+		case "authentication-results": // only those in Moat's name
+			id, _, _ := strings.Cut(val, ";")
+			f.authserv = strings.ToLower(strings.TrimSpace(id))
+		default:
+			f.names[name] = true
+		}
+	}
+	return f
+}
+
+// strip returns hdr without the fields f names, continuation lines
+// included.
+func (f *fieldFilter) strip(hdr []byte) []byte {
+	out := hdr[:0:0]
+	drop := false
+	for len(hdr) > 0 {
+		end := bytes.IndexByte(hdr, '\n') + 1
+		if end == 0 {
+			end = len(hdr)
+		}
+		line := hdr[:end]
+		hdr = hdr[end:]
+		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+			if !drop {
+				out = append(out, line...)
+			}
+			continue
+		}
+		drop = false
+		if name, val, ok := bytes.Cut(line, []byte(":")); ok {
+			n := strings.ToLower(strings.TrimSpace(string(name)))
+			if f.names[n] {
+				drop = true
+			} else if n == "authentication-results" && f.authserv != "" {
+				id, _, _ := bytes.Cut(val, []byte(";"))
+				drop = strings.EqualFold(strings.TrimSpace(string(id)), f.authserv)
+			}
+		}
+		if !drop {
+			out = append(out, line...)
+		}
+	}
+	return out
 }
 
 // headerless reports whether the message in br starts with a line that
