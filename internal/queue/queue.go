@@ -49,6 +49,34 @@ type Queue struct {
 	active    int
 	domActive map[string]int
 	running   bool // Run is dispatching
+	// owed are finished messages whose failure DSN could not be queued
+	// yet (disk full): kept on disk, retried by Run, never dropped.
+	owed map[string]*owedDSN
+}
+
+// owedDSN is a finished message still owing its sender a failure DSN.
+type owedDSN struct {
+	env    *Envelope
+	dir    string
+	hasEnv bool
+	next   time.Time
+}
+
+// owedRetry is how long a DSN that could not be queued waits for the
+// next try.
+const owedRetry = time.Minute
+
+// owesDSN reports whether env's sender is still owed a failure DSN.
+func owesDSN(env *Envelope) bool {
+	if env.From == "" || env.IsDSN {
+		return false
+	}
+	for _, r := range env.Rcpts {
+		if r.Status == StatusFailed && !r.Notified {
+			return true
+		}
+	}
+	return false
 }
 
 // entry is one message known to the scheduler. Its fields are guarded by
@@ -122,6 +150,7 @@ func openLocked(cfg Config, d Deliverer, log *slog.Logger, reg prometheus.Regist
 		msgs:        make(map[string]*entry),
 		parked:      make(map[string][]*job),
 		domActive:   make(map[string]int),
+		owed:        make(map[string]*owedDSN),
 	}
 	q.dctx, q.dcancel = context.WithCancel(context.Background())
 	ds, err := openDirs(root)
@@ -248,6 +277,13 @@ func (q *Queue) load(id, dir string) {
 		return
 	}
 	if pendingCount(env) == 0 {
+		if owesDSN(env) { // its DSN could not be queued before the stop
+			q.log.Warn("queue: finished message still owes its sender a DSN; retrying", "queue_id", id)
+			q.mu.Lock()
+			q.owed[id] = &owedDSN{env: env, dir: dir, hasEnv: hasEnv}
+			q.mu.Unlock()
+			return
+		}
 		q.log.Info("queue: removing finished message", "queue_id", id)
 		q.removeFiles(id, dir, hasEnv)
 		return

@@ -784,3 +784,78 @@ func TestParkedBacklogDrains(t *testing.T) {
 		t.Fatalf("peak concurrency %d, want 1", peak)
 	}
 }
+
+// TestOwedDSNSurvivesFullDisk: when a finished message's failure DSN
+// cannot be queued (the spool's fsync fails: disk full), the message is
+// not removed: it stays on disk owing the DSN, which is queued on a later
+// try, or after a restart; only then is the message removed.
+func TestOwedDSNSurvivesFullDisk(t *testing.T) {
+	cfg := testConfig(t)
+	var fail atomic.Bool
+	gates := make(chan chan struct{}, 2) // one per failing attempt, in order
+	rec := newRecorder(func(a attempt) []Result {
+		if a.Env.IsDSN {
+			return reply(a, ok250)
+		}
+		<-<-gates
+		return reply(a, perm550)
+	})
+	var clock atomic.Int64
+	clock.Store(time.Now().UnixNano())
+	opts := func(q *Queue) {
+		q.ctlInterval = 20 * time.Millisecond
+		q.now = func() time.Time { return time.Unix(0, clock.Load()) }
+		q.syncDirHook = func(string) error {
+			if fail.Load() {
+				return errors.New("no space left on device")
+			}
+			return nil
+		}
+	}
+	owed := func(q *Queue) int { q.mu.Lock(); defer q.mu.Unlock(); return len(q.owed) }
+	dsnFor := func(rcpt string) bool {
+		for _, a := range rec.snapshot() {
+			if a.Env.IsDSN && strings.Contains(a.Body, rcpt) {
+				return true
+			}
+		}
+		return false
+	}
+	// fails commits id's delivery attempt (550) while the disk is full.
+	failWhileFull := func(q *Queue, from, rcpt string) string {
+		id := commit(t, q, from, testMsg, rcpt)
+		g := make(chan struct{})
+		gates <- g
+		fail.Store(true)
+		close(g)
+		waitFor(t, "the DSN to be owed", func() bool { return owed(q) == 1 })
+		if got := files(t, cfg, dirReady); !slices.Contains(got, id+".eml") || !slices.Contains(got, id+".env") {
+			t.Fatalf("ready/ holds %v: the message owing a DSN was removed", got)
+		}
+		return id
+	}
+
+	r := start(t, cfg, rec, opts)
+	id := failWhileFull(r.Queue, "alice@sender.test", "bad@a.test")
+	// A restart keeps owing it; with room on the disk it is queued.
+	r.stop()
+	fail.Store(false)
+	r = start(t, cfg, rec, opts)
+	waitFor(t, "the owed DSN after a restart", func() bool { return dsnFor("bad@a.test") })
+	waitFor(t, "the message to be removed", func() bool {
+		return owed(r.Queue) == 0 && !slices.Contains(files(t, cfg, dirReady), id+".eml")
+	})
+
+	// Without a restart: retried once owedRetry has passed.
+	id = failWhileFull(r.Queue, "carol@sender.test", "bad2@a.test")
+	fail.Store(false)
+	time.Sleep(100 * time.Millisecond) // some control ticks: not yet due
+	if dsnFor("bad2@a.test") {
+		t.Fatal("owed DSN retried before owedRetry")
+	}
+	clock.Add(int64(2 * owedRetry))
+	waitFor(t, "the owed DSN after owedRetry", func() bool { return dsnFor("bad2@a.test") })
+	waitFor(t, "the second message to be removed", func() bool {
+		return owed(r.Queue) == 0 && !slices.Contains(files(t, cfg, dirReady), id+".eml")
+	})
+}

@@ -180,6 +180,7 @@ func (q *Queue) Run(ctx context.Context) error {
 		case <-timer.C:
 		case <-ctl.C:
 			q.pollControl()
+			q.retryOwed(q.now())
 		}
 	}
 }
@@ -426,8 +427,9 @@ func (q *Queue) finish(j *job, d *Delivery, results []Result) {
 	}
 	if dsnErr != nil {
 		log.Error("queue: cannot queue DSN", "err", dsnErr)
-		if !done {
-			// Try again after the next attempt.
+		if !done || len(failed) > 0 {
+			// Try again after the next attempt (or, when nothing else is
+			// left to deliver, from Run's retry of owed DSNs).
 			q.mu.Lock()
 			for i := range env.Rcpts {
 				for _, f := range failed {
@@ -443,7 +445,17 @@ func (q *Queue) finish(j *job, d *Delivery, results []Result) {
 			q.mu.Unlock()
 		}
 	}
-	if done {
+	if done && owesDSN(snap) {
+		// The sender must hear of the failure: the files stay (with the
+		// envelope saying who is owed what) until the DSN is queued.
+		if err := q.persist(e, snap, dir); err != nil {
+			log.Error("queue: cannot persist envelope of a message owing a DSN", "err", err)
+		}
+		q.mu.Lock()
+		delete(q.msgs, snap.ID)
+		q.owed[snap.ID] = &owedDSN{env: snap, dir: dir, hasEnv: e.hasEnv, next: now.Add(owedRetry)}
+		q.mu.Unlock()
+	} else if done {
 		if err := q.removeFiles(snap.ID, dir, e.hasEnv); err != nil {
 			log.Error("queue: cannot remove finished message", "err", err)
 		} else {
@@ -462,6 +474,46 @@ func (q *Queue) finish(j *job, d *Delivery, results []Result) {
 	q.mu.Unlock()
 	if wake {
 		q.signal()
+	}
+}
+
+// retryOwed queues the failure DSNs finished messages still owe (their
+// first try failed, e.g. on a full disk), then removes those messages.
+func (q *Queue) retryOwed(now time.Time) {
+	q.mu.Lock()
+	var due []string
+	for id, o := range q.owed {
+		if !now.Before(o.next) {
+			due = append(due, id)
+		}
+	}
+	q.mu.Unlock()
+	for _, id := range due {
+		q.mu.Lock()
+		o := q.owed[id]
+		q.mu.Unlock()
+		var failed []RcptState
+		for _, r := range o.env.Rcpts {
+			if r.Status == StatusFailed && !r.Notified {
+				failed = append(failed, r)
+			}
+		}
+		log := q.log.With("queue_id", id)
+		if err := q.sendDSN(o.env, o.dir, failed, dsnFailed, now); err != nil {
+			log.Error("queue: cannot queue owed DSN; will retry", "err", err, "retry_in", owedRetry)
+			q.mu.Lock()
+			o.next = now.Add(owedRetry)
+			q.mu.Unlock()
+			continue
+		}
+		if err := q.removeFiles(id, o.dir, o.hasEnv); err != nil {
+			log.Error("queue: cannot remove finished message", "err", err)
+		} else {
+			log.Info("queue: message done")
+		}
+		q.mu.Lock()
+		delete(q.owed, id)
+		q.mu.Unlock()
 	}
 }
 
