@@ -58,7 +58,7 @@ func New(cfg Config, log *slog.Logger, reg prometheus.Registerer, policies Polic
 	c := &Check{cfg: cfg, log: log, policies: policies}
 	c.findings = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "moat_attach_findings_total",
-		Help: "Attachment findings by kind (blocked_extension, blocked_type, double_extension, deceptive_name, encrypted_archive, archive_limit).",
+		Help: "Attachment findings by kind (blocked_extension, blocked_type, double_extension, deceptive_name, encrypted_archive, archive_limit, mime_depth).",
 	}, []string{"kind"})
 	if reg != nil {
 		if err := reg.Register(c.findings); err != nil {
@@ -118,6 +118,8 @@ func (p *Policy) Rule(k Kind) Rule {
 		return p.EncryptedArchive
 	case ArchiveLimit:
 		return p.ArchiveLimit
+	case MIMEDepth:
+		return p.MIMEDepth
 	}
 	return Rule{Action: ActionFlag}
 }
@@ -169,6 +171,8 @@ func Evaluate(findings []Finding, p *Policy) verdict.Result {
 		text = "encrypted archive not allowed"
 	case ArchiveLimit:
 		text = "attachment could not be inspected"
+	case MIMEDepth:
+		text = "message parts nested too deep to inspect"
 	default:
 		text = "attachment type not allowed"
 	}

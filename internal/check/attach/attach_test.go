@@ -272,8 +272,14 @@ func TestLimits(t *testing.T) {
 	}
 	raw += "--B5\nContent-Type: application/octet-stream; name=\"deep.exe\"\n\nx\n"
 	fs, _ = Inspect(strings.NewReader(crlf(raw)), cfg, &pol)
-	if got := kinds(fs); got != "archive_limit:" {
+	if got := kinds(fs); got != "mime_depth: archive_limit:" { // and the parts left unterminated
 		t.Fatalf("deep: findings %q", got)
+	}
+	// What lies deeper was not inspected (nor, past its recursion limit,
+	// by the virus scanner): by default a person decides.
+	def := DefaultPolicy()
+	if res := Evaluate(fs, &def); res.Hard == nil || res.Hard.Action != verdict.Quarantine || !strings.Contains(res.Hard.Reply.Text, "nested too deep") {
+		t.Fatalf("deep: %+v, want held for review", res.Hard)
 	}
 }
 

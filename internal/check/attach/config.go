@@ -56,6 +56,11 @@ type Policy struct {
 	// ArchiveLimit: an archive that could not be fully inspected (too big,
 	// too many entries, nested too deep, corrupt). Default flag, 1.
 	ArchiveLimit Rule `yaml:"archive_limit"`
+	// MIMEDepth: MIME parts nested deeper than max_depth, which neither
+	// this check nor, past its own recursion limit, the virus scanner
+	// looks into (a known way to slip malware past both). Default
+	// quarantine, 5: a person decides.
+	MIMEDepth Rule `yaml:"mime_depth"`
 }
 
 // DefaultBlockedExtensions are executable and script types that have no
@@ -86,6 +91,7 @@ func DefaultPolicy() Policy {
 		DeceptiveName:     Rule{ActionReject, 10},
 		EncryptedArchive:  Rule{ActionFlag, 4},
 		ArchiveLimit:      Rule{ActionFlag, 1},
+		MIMEDepth:         Rule{ActionQuarantine, 5},
 	}
 }
 
@@ -104,6 +110,7 @@ func (p *Policy) Validate() error {
 	for key, r := range map[string]Rule{
 		"blocked_extension": p.BlockedExtension, "blocked_type": p.BlockedType, "double_extension": p.DoubleExtension,
 		"deceptive_name": p.DeceptiveName, "encrypted_archive": p.EncryptedArchive, "archive_limit": p.ArchiveLimit,
+		"mime_depth": p.MIMEDepth,
 	} {
 		if !r.Action.valid() {
 			return fmt.Errorf("%s.action: %q is not one of reject, quarantine, flag", key, r.Action)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/url"
@@ -25,6 +26,7 @@ const (
 	DeceptiveName
 	EncryptedArchive
 	ArchiveLimit
+	MIMEDepth
 )
 
 var kindInfo = [...]struct{ key, symbol string }{
@@ -34,6 +36,7 @@ var kindInfo = [...]struct{ key, symbol string }{
 	DeceptiveName:    {"deceptive_name", "ATTACH_DECEPTIVE_NAME"},
 	EncryptedArchive: {"encrypted_archive", "ATTACH_ENCRYPTED_ARCHIVE"},
 	ArchiveLimit:     {"archive_limit", "ATTACH_ARCHIVE_LIMIT"},
+	MIMEDepth:        {"mime_depth", "ATTACH_MIME_DEPTH"},
 }
 
 // String returns the policy key of the kind ("blocked_extension").
@@ -165,7 +168,7 @@ func (in *inspector) limit(name, where, detail string) {
 
 func (in *inspector) entity(e *gomessage.Entity, depth int) {
 	if depth > in.lim.MaxDepth {
-		in.limit("", "", "MIME nesting deeper than max_depth")
+		in.add(Finding{Kind: MIMEDepth, Detail: fmt.Sprintf("MIME nesting deeper than max_depth (%d)", in.lim.MaxDepth)})
 		return
 	}
 	if mr := e.MultipartReader(); mr != nil {
