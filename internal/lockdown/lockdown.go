@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 // Format is an output format.
@@ -68,12 +69,12 @@ func (c *Config) Validate() error {
 	}
 	for _, s := range c.Gateway {
 		if _, err := parsePrefix(s); err != nil {
-			return fmt.Errorf("gateway_addresses: %q is not an IP address or CIDR", s)
+			return fmt.Errorf("gateway_addresses: %q is not an IP address or CIDR (%v)", s, err)
 		}
 	}
 	for _, s := range c.Allow {
 		if _, err := parsePrefix(s); err != nil {
-			return fmt.Errorf("allow: %q is not an IP address or CIDR", s)
+			return fmt.Errorf("allow: %q is not an IP address or CIDR (%v)", s, err)
 		}
 	}
 	if len(c.Ports) == 0 {
@@ -84,22 +85,98 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("ports: %d is not a TCP port", p)
 		}
 	}
-	if c.Milter != "" && !strings.HasPrefix(c.Milter, "inet:") && !strings.HasPrefix(c.Milter, "unix:") {
+	if c.Milter != "" && !validMilter(c.Milter) {
 		return fmt.Errorf("milter: %q must be inet:HOST:PORT or unix:PATH", c.Milter)
+	}
+	// Domain ends up in comments of every format: a line break in it would
+	// start a new, uncommented line (a rule or a main.cf parameter).
+	if c.Domain != "" && !validDomain(c.Domain) {
+		return fmt.Errorf("domain: %q is not a domain name", c.Domain)
 	}
 	return nil
 }
 
+// validDomain accepts letters (IDN U-labels too), digits, '-', '_' and
+// '.': no white space, line breaks or punctuation of any output syntax.
+func validDomain(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for _, r := range s {
+		if !(unicode.IsLetter(r) || unicode.IsDigit(r) || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// validMilter accepts inet:HOST:PORT (HOST an IP address or a host name,
+// IPv6 possibly in brackets) and unix:PATH without white space, commas or
+// control characters: the value is written into main.cf.
+func validMilter(s string) bool {
+	if rest, ok := strings.CutPrefix(s, "unix:"); ok {
+		if rest == "" {
+			return false
+		}
+		for _, r := range rest {
+			if r <= ' ' || r == 0x7f || r == ',' {
+				return false
+			}
+		}
+		return true
+	}
+	rest, ok := strings.CutPrefix(s, "inet:")
+	if !ok {
+		return false
+	}
+	i := strings.LastIndexByte(rest, ':')
+	if i <= 0 {
+		return false
+	}
+	host, port := rest[:i], rest[i+1:]
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != port {
+		return false
+	}
+	if h, ok := strings.CutPrefix(host, "["); ok {
+		h, ok = strings.CutSuffix(h, "]")
+		a, err := netip.ParseAddr(h)
+		return ok && err == nil && a.Zone() == ""
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return a.Zone() == ""
+	}
+	return validDomain(host) && !strings.Contains(host, ":")
+}
+
+// parsePrefix reads an address or CIDR. It refuses zoned IPv6 addresses
+// (netip accepts any text after '%', which would be silently dropped) and
+// prefixes of length 0 (the whole address family: no lockdown at all), and
+// turns IPv4-mapped IPv6 addresses and prefixes into IPv4 ones, which is
+// how the kernel and the MTAs see IPv4 clients.
 func parsePrefix(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
+	var p netip.Prefix
+	if pp, err := netip.ParsePrefix(s); err == nil {
+		p = pp.Masked()
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("zoned address")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("IPv4-mapped prefix shorter than /96")
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Errorf("/0 allows every address")
+	}
+	return p, nil
 }
 
 type plan struct {
@@ -134,10 +211,32 @@ func newPlan(cfg Config) (*plan, error) {
 	}
 	slices.SortFunc(p.v4, cmp)
 	slices.SortFunc(p.v6, cmp)
+	// nft refuses overlapping elements in an interval set ("conflicting
+	// intervals specified"), so drop every prefix another one covers.
+	p.v4, p.v6 = uncovered(p.v4), uncovered(p.v6)
 	p.ports = slices.Clone(cfg.Ports)
 	sort.Ints(p.ports)
 	p.ports = slices.Compact(p.ports)
 	return p, nil
+}
+
+// uncovered returns the prefixes of sorted ps that no other prefix of ps
+// contains. Two CIDR prefixes are either disjoint or nested.
+func uncovered(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		covered := false
+		for _, q := range ps {
+			if q != p && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func (p *plan) portList(sep string) string {
@@ -235,15 +334,23 @@ func (p *plan) iptables(b *strings.Builder, cmd string, allowed []netip.Prefix, 
 	other := map[string]string{"iptables": "ip6tables", "ip6tables": "iptables"}[cmd]
 	fmt.Fprintf(b, "# This covers one address family only: apply the %s output too, or the\n# server's other-family addresses (e.g. an AAAA record) stay open. nftables covers both.\n", other)
 	fmt.Fprintf(b, "*filter\n:%s - [0:0]\n-F %s\n", IPTablesChain, IPTablesChain)
-	fmt.Fprintf(b, "# only the SMTP port(s) are decided here\n")
-	fmt.Fprintf(b, "-A %s -p tcp -m multiport ! --dports %s -j RETURN\n", IPTablesChain, p.portList(","))
 	if p.cfg.AllowLoopback {
 		fmt.Fprintf(b, "-A %s -i lo -j RETURN\n", IPTablesChain)
 	}
 	for _, a := range allowed {
 		fmt.Fprintf(b, "-A %s -s %s -j RETURN\n", IPTablesChain, a)
 	}
-	fmt.Fprintf(b, "-A %s -p tcp -j REJECT --reject-with %s\nCOMMIT\n", IPTablesChain, reject)
+	// Only the SMTP port(s) are refused; other traffic falls off the end of
+	// the chain (RETURN). -m multiport takes at most 15 ports per rule.
+	for i := 0; i < len(p.ports); i += 15 {
+		chunk := p.ports[i:min(i+15, len(p.ports))]
+		s := make([]string, len(chunk))
+		for j, n := range chunk {
+			s[j] = strconv.Itoa(n)
+		}
+		fmt.Fprintf(b, "-A %s -p tcp -m multiport --dports %s -j REJECT --reject-with %s\n", IPTablesChain, strings.Join(s, ","), reject)
+	}
+	fmt.Fprintf(b, "COMMIT\n")
 }
 
 func (p *plan) postfix(b *strings.Builder) {
@@ -288,7 +395,7 @@ milter_protocol = 6
 milter_mail_macros = i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}
 # Local submissions (sendmail command) do not need the milter.
 non_smtpd_milters =
-`, strings.TrimPrefix(strings.TrimPrefix(p.cfg.Milter, "inet:"), "unix:"), p.cfg.Milter)
+`, strings.TrimPrefix(p.cfg.Milter, "inet:"), p.cfg.Milter)
 }
 
 func (p *plan) exim(b *strings.Builder) {

@@ -252,3 +252,74 @@ func enforceInNetns(t *testing.T) {
 		t.Errorf("unlocked port affected: %v", err)
 	}
 }
+
+// TestHostileInput: values that are not plain addresses, or that would let
+// every client through, are refused; nothing reaches the output verbatim.
+func TestHostileInput(t *testing.T) {
+	base := func() Config { return Config{Gateway: []string{"192.0.2.10"}, Ports: []int{25}} }
+	for _, mod := range []func(*Config){
+		func(c *Config) { c.Gateway = []string{"1.2.3.4; drop"} },
+		func(c *Config) { c.Gateway = []string{"mx.example.com"} },
+		func(c *Config) { c.Gateway = []string{"fe80::1%eth0; flush ruleset"} },
+		func(c *Config) { c.Gateway = []string{"0.0.0.0/0"} },
+		func(c *Config) { c.Gateway = []string{"1.2.3.4/0"} },
+		func(c *Config) { c.Gateway = []string{"::/0"} },
+		func(c *Config) { c.Allow = []string{"::ffff:0.0.0.0/96"} },
+		func(c *Config) { c.Domain = "example.com\nflush ruleset" },
+		func(c *Config) { c.Milter = "inet:127.0.0.1:8891\nmilter_default_action = accept" },
+		func(c *Config) { c.Milter = "inet:127.0.0.1:8891 -o x" },
+		func(c *Config) { c.Milter = "inet:127.0.0.1" },
+		func(c *Config) { c.Milter = "unix:" },
+	} {
+		c := base()
+		mod(&c)
+		for _, f := range Formats {
+			var b bytes.Buffer
+			if err := Generate(&b, f, c); err == nil {
+				t.Errorf("%s: %+v accepted:\n%s", f, c, b.String())
+			}
+		}
+	}
+	for _, m := range []string{"inet:127.0.0.1:8891", "inet:[::1]:8891", "inet:localhost:8891", "unix:/run/moat/milter.sock", "unix:private/moat"} {
+		c := base()
+		c.Milter = m
+		if s := gen(t, Postfix, c); !strings.Contains(s, "smtpd_milters = "+m+"\n") {
+			t.Errorf("milter %s:\n%s", m, s)
+		}
+	}
+	// The "Run:" hint must give moat milter an address it can listen on.
+	c := base()
+	c.Milter = "unix:/run/moat/milter.sock"
+	if s := gen(t, Postfix, c); !strings.Contains(s, "moat milter --listen unix:/run/moat/milter.sock ") {
+		t.Errorf("unix milter hint:\n%s", s)
+	}
+}
+
+// TestPrefixNormalisation: IPv4-mapped IPv6 input becomes IPv4 (the form
+// the kernel matches), and prefixes inside another one are dropped (nft
+// refuses overlapping interval set elements).
+func TestPrefixNormalisation(t *testing.T) {
+	c := Config{Gateway: []string{"::ffff:198.51.100.0/120", "192.0.2.0/24", "192.0.2.10", "2001:db8::/32", "2001:db8::10"}, Allow: []string{"192.0.2.128/25"}, Ports: []int{25}}
+	s := gen(t, NFTables, c)
+	if !strings.Contains(s, "elements = { 192.0.2.0/24, 198.51.100.0/24 }") || !strings.Contains(s, "elements = { 2001:db8::/32 }") {
+		t.Errorf("nftables sets:\n%s", s)
+	}
+	if nft, err := exec.LookPath("nft"); err == nil {
+		run(t, nft, "-c", "-f", writeFile(t, s))
+	}
+}
+
+// TestIPTablesManyPorts: -m multiport takes at most 15 ports per rule.
+func TestIPTablesManyPorts(t *testing.T) {
+	c := Config{Gateway: []string{"192.0.2.10"}, Ports: []int{25}}
+	for p := 2500; p < 2520; p++ {
+		c.Ports = append(c.Ports, p)
+	}
+	s := gen(t, IPTables, c)
+	if n := strings.Count(s, "-j REJECT"); n != 2 {
+		t.Errorf("%d REJECT rules for 21 ports, want 2:\n%s", n, s)
+	}
+	if prog, err := exec.LookPath("iptables-restore"); err == nil {
+		run(t, prog, "--test", "--noflush", writeFile(t, s))
+	}
+}

@@ -42,8 +42,9 @@ type Config struct {
 	ReportQueue int `yaml:"report_queue"`
 }
 
-// DefaultConfig returns production defaults: enforce, trust loopback and
-// authenticated senders, keep the mark.
+// DefaultConfig returns production defaults: enforce, trust authenticated
+// senders (not loopback: add it to Trusted for local submission), keep the
+// mark.
 func DefaultConfig() Config {
 	return Config{
 		Listen:             "127.0.0.1:8891",
@@ -69,7 +70,7 @@ func (c *Config) Validate() error {
 	}
 	for _, s := range c.Trusted {
 		if _, err := parsePrefix(s); err != nil {
-			return fmt.Errorf("trusted: %q is not an IP address or CIDR", s)
+			return fmt.Errorf("trusted: %q is not an IP address or CIDR (%v)", s, err)
 		}
 	}
 	if c.MaxAge < time.Hour {
@@ -87,14 +88,33 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// parsePrefix reads an address or CIDR of trusted clients. Decide compares
+// unmapped client addresses, so IPv4-mapped IPv6 input becomes IPv4 (else
+// it would never match); zoned addresses (any text after '%' is accepted
+// by netip, then silently dropped) and /0 (every client trusted: the milter
+// would check nothing) are refused.
 func parsePrefix(s string) (netip.Prefix, error) {
-	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Masked(), nil
+	var p netip.Prefix
+	if pp, err := netip.ParsePrefix(s); err == nil {
+		p = pp.Masked()
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("zoned address")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("IPv4-mapped prefix shorter than /96")
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Errorf("/0 would trust every client")
+	}
+	return p, nil
 }
