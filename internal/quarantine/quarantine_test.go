@@ -3,6 +3,7 @@ package quarantine_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"io"
 	"log/slog"
@@ -34,6 +35,7 @@ type env struct {
 	enq  *qtest.SMTPEnqueuer
 	now  time.Time
 	cfg  quarantine.Config
+	db   *sql.DB
 }
 
 // backends runs f against SQLite and against PostgreSQL (skipped without
@@ -55,7 +57,8 @@ func newEnv(t *testing.T, driver string, withClamd bool) *env {
 	if driver == "postgres" {
 		db = qtest.PostgresDB
 	}
-	deps := quarantine.Deps{DB: db(t), Driver: driver, Enqueuer: e.enq, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return e.now }}
+	e.db = db(t)
+	deps := quarantine.Deps{DB: e.db, Driver: driver, Enqueuer: e.enq, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return e.now }}
 	if withClamd {
 		cd := clamdtest.Shared(t)
 		cc := clamd.DefaultConfig()

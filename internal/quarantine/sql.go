@@ -11,9 +11,9 @@ import (
 // queries are the quarantine's SQL statements, rebound once for the
 // driver when the Store is built.
 type queries struct {
-	driver                                                                                                                                                                                                                                                                                                        string
-	like                                                                                                                                                                                                                                                                                                          string // case-insensitive LIKE: LIKE on SQLite, ILIKE on PostgreSQL
-	getSecret, putSecret, insAudit, getEntry, entriesOf, auditOf, claim, setState, unclaim, liveCopies, expiring, expire, forget, forgetLinks, linkUsed, useLink, unuseLink, delPref, lookupPref, listPrefs, setPref, getThresholds, setThresholds, delThresholds, insEntry, digestRcpts, digestEntries, digested string
+	driver                                                                                                                                                                                                                                                                                                                                             string
+	like                                                                                                                                                                                                                                                                                                                                               string // case-insensitive LIKE: LIKE on SQLite, ILIKE on PostgreSQL
+	getSecret, putSecret, insAudit, getEntry, entriesOf, auditOf, claim, setState, unclaim, liveCopies, staleReleasing, unstick, forgetMsgs, expiring, expire, forget, forgetLinks, linkUsed, useLink, unuseLink, delPref, lookupPref, listPrefs, setPref, getThresholds, setThresholds, delThresholds, insEntry, digestRcpts, digestEntries, digested string
 }
 
 func newQueries(driver string) *queries {
@@ -23,22 +23,25 @@ func newQueries(driver string) *queries {
 		like = "ILIKE"
 	}
 	return &queries{
-		driver:      driver,
-		like:        like,
-		getSecret:   r(`SELECT value FROM q_meta WHERE key='link_secret'`),
-		putSecret:   r(`INSERT INTO q_meta(key, value) VALUES ('link_secret', ?) ON CONFLICT DO NOTHING`),
-		insAudit:    r(`INSERT INTO q_audit(at, entry_id, msg_id, action, by, detail) VALUES (?,?,?,?,?,?)`),
-		getEntry:    r(`SELECT ` + entryCols + ` FROM q_entries WHERE id=?`),
-		entriesOf:   r(`SELECT ` + entryCols + ` FROM q_entries WHERE msg_id=? ORDER BY id`),
-		auditOf:     r(`SELECT at, entry_id, msg_id, action, by, detail FROM q_audit WHERE entry_id=? ORDER BY id`),
-		claim:       r(`UPDATE q_entries SET state=?, state_by=?, state_at=? WHERE id=? AND state='held'`),
-		setState:    r(`UPDATE q_entries SET state=?, state_by=?, state_at=? WHERE id=?`),
-		unclaim:     r(`UPDATE q_entries SET state='held' WHERE id=? AND state='releasing'`),
-		liveCopies:  r(`SELECT COUNT(*) FROM q_entries WHERE msg_id=? AND state IN ('held','releasing')`),
-		expiring:    r(`SELECT id, msg_id FROM q_entries WHERE state='held' AND expires <= ?`),
-		expire:      r(`UPDATE q_entries SET state='expired', state_by='moat', state_at=? WHERE id=? AND state='held'`),
-		forget:      r(`DELETE FROM q_entries WHERE state IN ('released','deleted','expired') AND expires <= ?`),
-		forgetLinks: r(`DELETE FROM q_links_used WHERE expires <= ?`),
+		driver:         driver,
+		like:           like,
+		getSecret:      r(`SELECT value FROM q_meta WHERE key='link_secret'`),
+		putSecret:      r(`INSERT INTO q_meta(key, value) VALUES ('link_secret', ?) ON CONFLICT DO NOTHING`),
+		insAudit:       r(`INSERT INTO q_audit(at, entry_id, msg_id, action, by, detail) VALUES (?,?,?,?,?,?)`),
+		getEntry:       r(`SELECT ` + entryCols + ` FROM q_entries WHERE id=?`),
+		entriesOf:      r(`SELECT ` + entryCols + ` FROM q_entries WHERE msg_id=? ORDER BY id`),
+		auditOf:        r(`SELECT at, entry_id, msg_id, action, by, detail FROM q_audit WHERE entry_id=? ORDER BY id`),
+		claim:          r(`UPDATE q_entries SET state=?, state_by=?, state_at=? WHERE id=? AND state='held'`),
+		setState:       r(`UPDATE q_entries SET state=?, state_by=?, state_at=? WHERE id=?`),
+		unclaim:        r(`UPDATE q_entries SET state='held' WHERE id=? AND state='releasing'`),
+		liveCopies:     r(`SELECT COUNT(*) FROM q_entries WHERE msg_id=? AND state IN ('held','releasing')`),
+		expiring:       r(`SELECT id, msg_id FROM q_entries WHERE state='held' AND expires <= ?`),
+		staleReleasing: r(`SELECT id, msg_id, state_by FROM q_entries WHERE state='releasing' AND state_at <= ?`),
+		unstick:        r(`UPDATE q_entries SET state='held', state_by='moat', state_at=? WHERE id=? AND state='releasing' AND state_at <= ?`),
+		forgetMsgs:     r(`SELECT DISTINCT msg_id FROM q_entries WHERE state IN ('released','deleted','expired') AND expires <= ?`),
+		expire:         r(`UPDATE q_entries SET state='expired', state_by='moat', state_at=? WHERE id=? AND state='held'`),
+		forget:         r(`DELETE FROM q_entries WHERE state IN ('released','deleted','expired') AND expires <= ?`),
+		forgetLinks:    r(`DELETE FROM q_links_used WHERE expires <= ?`),
 		insEntry: r(`INSERT INTO q_entries(id, msg_id, received, env_from, rcpt, rcpts, client, header_from, subject,
 			size, score, action, reasons, domain, refused, prepend, state, state_by, state_at, expires)
 			VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`),

@@ -700,9 +700,11 @@ func (s *Store) List(ctx context.Context, f Filter) ([]*Entry, int, error) {
 	case "":
 		where = append(where, "state IN ('held','releasing')")
 	case "all":
-	default:
+	case Held, Releasing, Released, Deleted, Expired:
 		where = append(where, "state = ?")
 		args = append(args, string(f.State))
+	default:
+		return nil, 0, fmt.Errorf("quarantine: unknown state %q (held, releasing, released, deleted, expired or all)", f.State)
 	}
 	cond := ""
 	if len(where) > 0 {
@@ -852,6 +854,10 @@ func (s *Store) Release(ctx context.Context, id string, o ReleaseOptions) (strin
 		unclaim()
 		return "", fmt.Errorf("quarantine: enqueue: %w", err)
 	}
+	// The message is in the queue now: record it, learn and clean up even
+	// if the caller (an HTTP request) has gone away meanwhile, or the row
+	// would stay "releasing" although the mail was delivered.
+	ctx = context.WithoutCancel(ctx)
 	detail := "queue=" + qid
 	if o.Teach {
 		detail += " teach"
@@ -903,6 +909,7 @@ func (s *Store) Delete(ctx context.Context, id, by string) error {
 	if err != nil {
 		return err
 	}
+	ctx = context.WithoutCancel(ctx) // the copy is deleted: audit and clean up
 	s.q.audit(ctx, s.db, s.now(), e.ID, e.MsgID, "delete", by, "")
 	s.mDeleted.Inc()
 	s.cleanup(ctx, e.MsgID)
@@ -911,27 +918,35 @@ func (s *Store) Delete(ctx context.Context, id, by string) error {
 
 // ReportSpam teaches the classifier that the message is spam (for this
 // recipient) and deletes the copy.
+//
+// The copy is claimed first (state releasing: an action in progress, the
+// file stays), so a concurrent release or delete of the same copy cannot
+// make the classifier learn spam for mail that was released. If learning
+// fails the copy is held again.
 func (s *Store) ReportSpam(ctx context.Context, id, by string) error {
-	e, err := s.Get(ctx, id)
+	e, err := s.claim(ctx, id, Releasing, by)
 	if err != nil {
 		return err
 	}
-	if e.State != Held {
-		return ErrNotHeld
+	unclaim := func() {
+		s.db.ExecContext(context.WithoutCancel(ctx), s.q.unclaim, id)
 	}
 	if s.learn != nil {
 		raw, err := s.readBody(e)
 		if err != nil {
+			unclaim()
 			return err
 		}
 		if err := s.learn.Learn(ctx, raw, true, e.Rcpt); err != nil {
+			unclaim()
 			return fmt.Errorf("quarantine: learn spam: %w", err)
 		}
 	}
-	if _, err := s.claim(ctx, id, Deleted, by); err != nil {
-		return err
+	ctx = context.WithoutCancel(ctx)
+	if err := s.setState(ctx, e, Deleted, by, "report_spam", ""); err != nil {
+		unclaim()
+		return fmt.Errorf("quarantine: %w", err)
 	}
-	s.q.audit(ctx, s.db, s.now(), e.ID, e.MsgID, "report_spam", by, "")
 	s.mSpam.Inc()
 	s.cleanup(ctx, e.MsgID)
 	return nil
@@ -953,6 +968,9 @@ func (s *Store) cleanup(ctx context.Context, msgID string) {
 // than twice the retention. It returns the number of entries expired.
 func (s *Store) Expire(ctx context.Context) (int, error) {
 	now := s.now()
+	if err := s.recoverStale(ctx, now); err != nil {
+		return 0, err
+	}
 	rows, err := s.db.QueryContext(ctx, s.q.expiring, now.UnixMilli())
 	if err != nil {
 		return 0, err
@@ -990,12 +1008,73 @@ func (s *Store) Expire(ctx context.Context) (int, error) {
 	}
 	s.mExpired.Add(float64(n))
 	// Forget finished rows long past retention; the audit log keeps them.
+	// A file whose removal failed earlier (read-only or full disk) goes
+	// with its last rows.
+	cutoff := now.Add(-s.cfg.Retention).UnixMilli()
+	if mrows, err := s.db.QueryContext(ctx, s.q.forgetMsgs, cutoff); err == nil {
+		var ms []string
+		for mrows.Next() {
+			var m string
+			if mrows.Scan(&m) == nil {
+				ms = append(ms, m)
+			}
+		}
+		mrows.Close()
+		for _, m := range ms {
+			s.cleanup(ctx, m)
+		}
+	}
 	if _, err := s.db.ExecContext(ctx, s.q.forget,
 		now.Add(-s.cfg.Retention).UnixMilli()); err != nil {
 		return n, err
 	}
 	s.db.ExecContext(ctx, s.q.forgetLinks, now.Unix())
 	return n, nil
+}
+
+// staleReleasing is how long a copy may stay "releasing" (a release or a
+// spam report in progress: re-scan, enqueue, learn) before it is taken to
+// be interrupted (crash, kill) and held again. Far above the clamd scan
+// timeout.
+const staleReleasing = 15 * time.Minute
+
+// recoverStale holds again the copies whose release or spam report was
+// interrupted (the process died between the claim and the final state), so
+// they can be released, deleted and expired again instead of staying
+// "releasing" for ever. If the process died after the message was queued
+// but before the state was written, a second release delivers it twice:
+// better than mail nobody can recover.
+func (s *Store) recoverStale(ctx context.Context, now time.Time) error {
+	cut := now.Add(-staleReleasing).UnixMilli()
+	rows, err := s.db.QueryContext(ctx, s.q.staleReleasing, cut)
+	if err != nil {
+		return err
+	}
+	type idm struct{ id, msg, by string }
+	var list []idm
+	for rows.Next() {
+		var x idm
+		if err := rows.Scan(&x.id, &x.msg, &x.by); err != nil {
+			rows.Close()
+			return err
+		}
+		list = append(list, x)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, x := range list {
+		res, err := s.db.ExecContext(ctx, s.q.unstick, now.UnixMilli(), x.id, cut)
+		if err != nil {
+			return err
+		}
+		if c, _ := res.RowsAffected(); c == 1 {
+			s.q.audit(ctx, s.db, now, x.id, x.msg, "release_interrupted", "moat", "by "+x.by+"; held again")
+			s.log.Warn("quarantine: interrupted release or spam report; held again", "entry", x.id, "by", x.by)
+		}
+	}
+	return nil
 }
 
 // Run expires old mail every ExpiryInterval and sends digests every
