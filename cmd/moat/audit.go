@@ -161,6 +161,9 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 		var bs []audit.Backend
 		for _, b := range backends {
 			host, port, err := splitHostPort(b, 25)
+			if err == nil && host == "" {
+				err = errors.New("missing host")
+			}
 			if err != nil {
 				return fail(fmt.Errorf("--backend %q: %v", b, err))
 			}
@@ -175,6 +178,14 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 			}
 			cfg.Routes[d] = r
 		}
+	}
+	for _, d := range domains {
+		if _, ok := normDomain(d); !ok {
+			return fail(fmt.Errorf("%q is not a valid domain name", d))
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return fail(auditFlagError(err, set))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -192,6 +203,29 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	return rep.ExitCode()
+}
+
+// auditFlags maps the audit settings' names, as validation errors give
+// them, to the flags that set them.
+var auditFlags = []struct{ key, flag string }{
+	{"gateway.addresses", "gateway-ip"}, {"resolver", "resolver"}, {"smtp_port", "smtp-port"},
+	{"probe_ports", "probe-port"}, {"timeout", "timeout"}, {"send_canary", "send-canary"},
+	{"source_address", "source-ip"}, {"routes.", "backend"},
+}
+
+// auditFlagError names the command-line flag behind a validation error of
+// the audit settings when that flag was given (set: the flags given).
+func auditFlagError(err error, set map[string]bool) error {
+	msg := err.Error()
+	if strings.HasPrefix(msg, "gateway: ") {
+		return fmt.Errorf("%v: give --gateway-host or --gateway-ip (or --config FILE with gateway.hostnames/addresses)", err)
+	}
+	for _, f := range auditFlags {
+		if strings.HasPrefix(msg, f.key) && set[f.flag] {
+			return fmt.Errorf("--%s: %w", f.flag, err)
+		}
+	}
+	return err
 }
 
 func splitHostPort(s string, def int) (string, int, error) {
@@ -224,7 +258,24 @@ func cmdLockdown(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: moat lockdown --format F --gateway-ip IP... [--backend host:port]")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat lockdown: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	// Both end up verbatim in the generated rules: a newline would add
+	// a line of its own to the firewall or main.cf.
+	if *domain != "" {
+		if _, ok := normDomain(*domain); !ok {
+			fmt.Fprintf(os.Stderr, "moat lockdown: --domain %q is not a valid domain name\n", *domain)
+			return 2
+		}
+	}
+	if strings.ContainsFunc(*milterAddr, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		fmt.Fprintf(os.Stderr, "moat lockdown: --milter %q: must be inet:HOST:PORT or unix:PATH, without spaces or control characters\n", *milterAddr)
 		return 2
 	}
 	lc, err := fromFile(*cfgPath)
@@ -249,9 +300,13 @@ func cmdLockdown(args []string) int {
 	if *milterAddr != "" {
 		cfg.Milter = *milterAddr
 	}
-	cfg.Domain = *domain
+	cfg.Domain = strings.ToLower(strings.TrimSuffix(*domain, "."))
 	if err := lockdown.Generate(os.Stdout, lockdown.Format(*format), cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "moat lockdown:", err)
+		msg := err.Error()
+		if strings.HasPrefix(msg, "gateway_addresses: at least one") {
+			msg += " (give --gateway-ip, or --config FILE with gateway.addresses)"
+		}
+		fmt.Fprintln(os.Stderr, "moat lockdown:", msg)
 		return 2
 	}
 	return 0
@@ -272,7 +327,12 @@ func cmdMilter(args []string) int {
 	reportURL := fs.String("report-url", "", "Moat's bypass report URL")
 	strip := fs.Bool("strip", false, "remove the pass mark from verified messages")
 	observe := fs.Bool("observe-only", false, "accept unmarked messages (still reported)")
-	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat milter: unexpected argument %q\n", fs.Arg(0))
+		fs.PrintDefaults()
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -299,6 +359,10 @@ func cmdMilter(args []string) int {
 	}
 	secrets := map[string][]byte{}
 	for i, d := range domains {
+		if _, ok := normDomain(d); !ok {
+			log.Error(fmt.Sprintf("--domain %q is not a valid domain name", d))
+			return 2
+		}
 		s, err := readSecret(secretFiles[i])
 		if err != nil {
 			log.Error("reading secret", "domain", d, "err", err)

@@ -33,6 +33,38 @@ func cmdBench(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// Usage errors before the ceiling run (minutes with the defaults),
+	// not after it.
+	usageErr := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "moat bench: "+format+"\n", a...)
+		return 2
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	if *msgs < 1 {
+		return usageErr("--messages %d: must be >= 1", *msgs)
+	}
+	if *size < 1 {
+		return usageErr("--size %d: must be >= 1", *size)
+	}
+	for _, p := range strings.Split(*profiles, ",") {
+		if p != "core" && p != "envelope" && p != "full" {
+			return usageErr("--profiles: unknown profile %q (want core, envelope or full)", p)
+		}
+	}
+	switch *logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return usageErr("--log-level %q is not one of debug, info, warn, error", *logLevel)
+	}
+	if *moatBin != "" {
+		if st, err := os.Stat(*moatBin); err != nil {
+			return usageErr("--moat: %v", err)
+		} else if st.IsDir() || st.Mode()&0o111 == 0 {
+			return usageErr("--moat %s: not an executable file", *moatBin)
+		}
+	}
 	var ss []int
 	for _, s := range strings.Split(*senders, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))

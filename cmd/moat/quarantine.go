@@ -81,26 +81,39 @@ func cmdQuarantine(args []string) int {
 		// A release goes through the spool (the running daemon, or the
 		// next start), after a fresh virus scan.
 		deps.Enqueuer = queue.NewClient(cfg.Queue.SpoolDir)
-		if cl, err := scannerFromConfig(cfg); err == nil {
-			defer cl.Close()
-			deps.Scanner = clamAdapter{cl}
+		// Only a release scans: other commands would just warn that
+		// clamd is down.
+		if fs.Arg(0) == "release" {
+			if cl, err := scannerFromConfig(cfg); err == nil {
+				defer cl.Close()
+				deps.Scanner = clamAdapter{cl}
+			}
 		}
 		if err := users.MigrateDriver(ctx, db, driver); err != nil {
 			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
 			return 1
 		}
 	case *dbPath != "":
+		// Without --config, an existing database and directory only: a
+		// mistyped path must not show an empty quarantine (nor create
+		// files there).
+		for _, f := range []struct{ flag, path string }{{"--db", *dbPath}, {"--dir", *dir}} {
+			if _, err := os.Stat(f.path); err != nil {
+				fmt.Fprintf(os.Stderr, "moat quarantine: %s %s: %v (give --config FILE, or the paths moat serve uses)\n", f.flag, f.path, errors.Unwrap(err))
+				return 2
+			}
+		}
 		var err error
 		db, err = sql.Open("sqlite", *dbPath)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+			fmt.Fprintf(os.Stderr, "moat quarantine: --db %s: %v\n", *dbPath, err)
 			return 1
 		}
 		defer db.Close()
 		db.SetMaxOpenConns(1)
 		for _, p := range []string{"PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=5000"} {
 			if _, err := db.ExecContext(ctx, p); err != nil {
-				fmt.Fprintln(os.Stderr, "moat quarantine:", err)
+				fmt.Fprintf(os.Stderr, "moat quarantine: --db %s: %v\n", *dbPath, err)
 				return 1
 			}
 		}
@@ -183,7 +196,21 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, driver 
 		state := fs.String("state", "", "held (default), released, deleted, expired or all")
 		limit := fs.Int("limit", 100, "at most this many")
 		asJSON := fs.Bool("json", false, "JSON output")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := fs.Parse(reorder(args[1:])); err != nil {
+			return 2
+		}
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "moat quarantine list: unexpected argument %q (filter with --rcpt, --domain or --search)\n", fs.Arg(0))
+			return 2
+		}
+		switch quarantine.State(*state) {
+		case "", quarantine.Held, quarantine.Released, quarantine.Deleted, quarantine.Expired, "all":
+		default:
+			fmt.Fprintf(stderr, "moat quarantine list: --state %q is not one of held, released, deleted, expired, all\n", *state)
+			return 2
+		}
+		if *limit < 1 || *limit > 1000 {
+			fmt.Fprintf(stderr, "moat quarantine list: --limit %d: must be 1-1000\n", *limit)
 			return 2
 		}
 		es, total, err := q.List(ctx, quarantine.Filter{Rcpt: *rcpt, Domain: *domain, Search: *search, State: quarantine.State(*state), Limit: *limit})
@@ -307,7 +334,7 @@ func entryIDs(ctx context.Context, q *quarantine.Store, id string) ([]string, er
 // reorder puts flags (with their values) before positional arguments so
 // "show ID --raw" and "user add NAME --role R" work.
 func reorder(args []string) []string {
-	boolFlag := map[string]bool{"teach": true, "raw": true, "json": true}
+	boolFlag := map[string]bool{"teach": true, "raw": true, "json": true, "clear": true}
 	var flags, pos []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -365,6 +392,16 @@ func runUsers(ctx context.Context, db *sql.DB, driver string, args []string, std
 			fmt.Fprintln(stderr, "usage: moat quarantine partner NAME DOMAIN,...")
 			return 2
 		}
+		if args[1] == "" || strings.ContainsFunc(args[1], func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+			fmt.Fprintf(stderr, "moat quarantine partner: %q is not a partner name (no spaces)\n", args[1])
+			return 2
+		}
+		for _, d := range splitList(args[2]) {
+			if _, ok := normDomain(d); !ok {
+				fmt.Fprintf(stderr, "moat quarantine partner: %q is not a valid domain name\n", d)
+				return 2
+			}
+		}
 		if err := us.SetPartnerDomains(ctx, args[1], splitList(args[2])); err != nil {
 			return fail(err)
 		}
@@ -384,6 +421,13 @@ func runUsers(ctx context.Context, db *sql.DB, driver string, args []string, std
 		addrs := fs.String("address", "", "comma-separated addresses (user)")
 		if err := fs.Parse(reorder(args[2:])); err != nil || fs.NArg() != 1 {
 			fmt.Fprintln(stderr, "usage: moat quarantine user add NAME --role ROLE [...] < password")
+			return 2
+		}
+		// The scope is checked before the password is read: a
+		// domain_admin of no domain, a user of no address or a
+		// misspelled domain would otherwise be created silently.
+		if err := checkUserScope(fs.Arg(0), *role, *partner, splitList(*domains), splitList(*addrs)); err != nil {
+			fmt.Fprintln(stderr, "moat quarantine user add:", err)
 			return 2
 		}
 		pw, err := readPW()
@@ -414,6 +458,7 @@ func runUsers(ctx context.Context, db *sql.DB, driver string, args []string, std
 		return 0
 	case "passwd":
 		if len(args) != 3 {
+			fmt.Fprintln(stderr, "usage: moat quarantine user passwd NAME < password")
 			return 2
 		}
 		pw, err := readPW()
@@ -421,20 +466,70 @@ func runUsers(ctx context.Context, db *sql.DB, driver string, args []string, std
 			return fail(err)
 		}
 		if err := us.SetPassword(ctx, args[2], pw); err != nil {
-			return fail(err)
+			return fail(userErr(args[2], err))
 		}
 		return 0
 	case "del":
 		if len(args) != 3 {
+			fmt.Fprintln(stderr, "usage: moat quarantine user del NAME")
 			return 2
 		}
 		if err := us.Delete(ctx, args[2]); err != nil {
-			return fail(err)
+			return fail(userErr(args[2], err))
 		}
 		return 0
 	}
 	fmt.Fprint(stderr, quarantineUsage)
 	return 2
+}
+
+// userErr names the user of a not-found error.
+func userErr(name string, err error) error {
+	if errors.Is(err, users.ErrNotFound) {
+		return fmt.Errorf("user %q: no such user", name)
+	}
+	return err
+}
+
+// checkUserScope refuses a user whose name or scope cannot work: the
+// scope flags must fit the role (the store keeps whatever it is given).
+func checkUserScope(name, role, partner string, domains, addrs []string) error {
+	if strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == 0x7f }) || len(name) > 254 {
+		return fmt.Errorf("%q is not a user name (no spaces or control characters, at most 254 bytes)", name)
+	}
+	for _, d := range domains {
+		if _, ok := normDomain(d); !ok {
+			return fmt.Errorf("--domain: %q is not a valid domain name", d)
+		}
+	}
+	for _, a := range addrs {
+		if !validAddress(a) {
+			return fmt.Errorf("--address: %q is not an address (local@domain)", a)
+		}
+	}
+	switch users.Role(role) {
+	case users.PartnerAdmin:
+		if partner == "" {
+			return errors.New("--role partner_admin needs --partner P")
+		}
+	case users.DomainAdmin:
+		if len(domains) == 0 {
+			return errors.New("--role domain_admin needs --domain D,...")
+		}
+	case users.EndUser:
+		if len(addrs) == 0 {
+			return errors.New("--role user needs --address A,...")
+		}
+	}
+	for _, f := range []struct {
+		flag, role string
+		given      bool
+	}{{"--partner", string(users.PartnerAdmin), partner != ""}, {"--domain", string(users.DomainAdmin), len(domains) > 0}, {"--address", string(users.EndUser), len(addrs) > 0}} {
+		if f.given && role != f.role && users.Role(role).Valid() {
+			return fmt.Errorf("%s is for --role %s, not %s", f.flag, f.role, role)
+		}
+	}
+	return nil
 }
 
 // runThresholds shows or sets one recipient's own spam thresholds.
@@ -457,6 +552,11 @@ func runThresholds(ctx context.Context, p *quarantine.Prefs, args []string, stdo
 	num("reject", &set.Reject)
 	clear := fs.Bool("clear", false, "remove the recipient's thresholds (back to the domain's)")
 	if err := fs.Parse(reorder(args)); err != nil || fs.NArg() != 1 || !strings.Contains(fs.Arg(0), "@") {
+		if err == nil && fs.NArg() == 1 {
+			fmt.Fprintf(stderr, "moat quarantine thresholds: %q is not an address\n", fs.Arg(0))
+		} else if err == nil && fs.NArg() > 1 {
+			fmt.Fprintf(stderr, "moat quarantine thresholds: unexpected argument %q (one address at a time)\n", fs.Arg(1))
+		}
 		fmt.Fprintln(stderr, "usage: moat quarantine thresholds ADDR [--tag N] [--quarantine N] [--reject N] [--clear]")
 		return 2
 	}

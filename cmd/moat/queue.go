@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -65,9 +64,9 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "moat queue: %v\n", err)
 			return 2
 		}
-		// TODO(lead): use the queue section's spool_dir once config
-		// carries queue.Config; until then the spool is DATA_DIR/spool.
-		dir = filepath.Join(c.DataDir, "spool")
+		// The spool moat serve uses: queue.spool_dir, by default
+		// DATA_DIR/spool (config.Load fills it in).
+		dir = c.Queue.SpoolDir
 	case dir == "":
 		dir = "./data/spool"
 	}

@@ -37,6 +37,10 @@ func cmdServe(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat serve: unexpected argument %q (give the configuration with --config FILE)\n", fs.Arg(0))
+		return 2
+	}
 	cfg, ok := loadConfig(*cfgPath)
 	if !ok {
 		return 2
@@ -68,6 +72,9 @@ func cmdConfig(args []string) int {
 	path := *cfgPath
 	if path == "" && fs.NArg() == 1 {
 		path = fs.Arg(0)
+	} else if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat config check: unexpected argument %q (check one file at a time)\n", fs.Arg(fs.NArg()-1))
+		return 2
 	}
 	if path == "" {
 		fmt.Fprintln(os.Stderr, "usage: moat config check [--config] FILE")
@@ -99,6 +106,15 @@ func cmdVerifyPass(args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat verify-pass: unexpected argument %q (the message is read from stdin)\n", fs.Arg(0))
+		return 2
+	}
+	// Refuse a missing key option before waiting on stdin.
+	if *secretFile == "" && *masterFile == "" && *cfgPath == "" {
+		fs.Usage()
 		return 2
 	}
 	raw, err := io.ReadAll(io.LimitReader(os.Stdin, 256<<20))
@@ -213,6 +229,13 @@ func cmdPassSecret(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: moat pass-secret [--config FILE] DOMAIN")
 		return 2
 	}
+	// A typo must not print a secret (nor create the master key): the
+	// backend would then refuse every message.
+	domain, ok := normDomain(fs.Arg(0))
+	if !ok {
+		fmt.Fprintf(os.Stderr, "moat pass-secret: %q is not a valid domain name\n", fs.Arg(0))
+		return 2
+	}
 	cfg, ok := loadConfig(*cfgPath)
 	if !ok {
 		return 2
@@ -225,6 +248,6 @@ func cmdPassSecret(args []string) int {
 		fmt.Fprintln(os.Stderr, "moat pass-secret:", err)
 		return 1
 	}
-	fmt.Println(hex.EncodeToString(passmark.DomainSecret(master, fs.Arg(0))))
+	fmt.Println(hex.EncodeToString(passmark.DomainSecret(master, domain)))
 	return 0
 }

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
 
@@ -36,8 +38,25 @@ func cmdSink(args []string) int {
 		return 2
 	}
 	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat sink: unexpected argument %q\n", fs.Arg(0))
 		fs.Usage()
 		return 2
+	}
+	// Usage errors before anything (the Maildir) is created.
+	if *listen != "" {
+		if _, p, err := net.SplitHostPort(*listen); err != nil {
+			fmt.Fprintf(os.Stderr, "moat sink: --listen %q: %v\n", *listen, err)
+			return 2
+		} else if _, err := net.LookupPort("tcp", p); err != nil {
+			fmt.Fprintf(os.Stderr, "moat sink: --listen %q: port %q is not 0-65535 or a service name\n", *listen, p)
+			return 2
+		}
+	}
+	if *rejectRcpt != "" {
+		if _, err := regexp.Compile(*rejectRcpt); err != nil {
+			fmt.Fprintf(os.Stderr, "moat sink: --reject-rcpt: %v\n", err)
+			return 2
+		}
 	}
 	cfg := sink.Config{
 		Addr: *listen, Maildir: *maildir, Fsync: *fsync, NoStore: *noStore, XClient: *xclient,

@@ -190,6 +190,10 @@ func cmdClassify(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "moat classify: unexpected argument %q (the message is read from stdin: moat classify < FILE)\n", fs.Arg(0))
+		return 2
+	}
 	ctx := context.Background()
 	cfg := classify.DefaultConfig()
 	var sc storeConfig
@@ -198,6 +202,11 @@ func cmdClassify(args []string) int {
 		if sc, cfg, ok = modelFromConfig("classify", *cfgPath); !ok {
 			return 2
 		}
+	} else if _, err := os.Stat(*dbPath); err != nil {
+		// Scoring must not create an empty model at a mistyped path and
+		// report every message as ham.
+		fmt.Fprintf(os.Stderr, "moat classify: --db %s: %v (train a model with moat learn, or give --config)\n", *dbPath, errors.Unwrap(err))
+		return 1
 	}
 	if *alg != "" {
 		cfg.Algorithm = *alg
@@ -208,7 +217,15 @@ func cmdClassify(args []string) int {
 		return 1
 	}
 	defer closeDB()
-	m, err := message.Parse(io.LimitReader(bufio.NewReader(os.Stdin), 64<<20), message.DefaultLimits())
+	in := bufio.NewReader(os.Stdin)
+	if _, err := in.Peek(1); err != nil {
+		if err == io.EOF {
+			err = errors.New("empty message on stdin")
+		}
+		fmt.Fprintln(os.Stderr, "moat classify:", err)
+		return 1
+	}
+	m, err := message.Parse(io.LimitReader(in, 64<<20), message.DefaultLimits())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat classify:", err)
 		return 1

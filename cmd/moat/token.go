@@ -26,6 +26,21 @@ func cmdToken(args []string) int {
 		fmt.Fprintln(os.Stderr, "moat token create: --role and --label are required")
 		return 2
 	}
+	if fs.NArg() > 0 {
+		// e.g. an unquoted --label with spaces: refuse rather than mint a
+		// token labelled with only the first word.
+		fmt.Fprintf(os.Stderr, "moat token create: unexpected argument %q (quote a --label with spaces)\n", fs.Arg(0))
+		return 2
+	}
+	// Check the role before the store is opened (and created).
+	if _, _, err := api.ParseRole(*role); err != nil {
+		fmt.Fprintln(os.Stderr, "moat token create: --role:", err)
+		return 2
+	}
+	if len(*label) > 100 {
+		fmt.Fprintln(os.Stderr, "moat token create: --label: must be 1-100 characters")
+		return 2
+	}
 	cfg, ok := loadConfig(*cfgPath)
 	if !ok {
 		return 2
