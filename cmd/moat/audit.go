@@ -86,7 +86,7 @@ func runAudit(args []string, stdout, stderr io.Writer) int {
 	var domains []string
 	for rest := args; ; {
 		if err := fs.Parse(rest); err != nil {
-			return 2
+			return parseExit(err)
 		}
 		if fs.NArg() == 0 {
 			break
@@ -259,7 +259,7 @@ func cmdLockdown(args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "moat lockdown: unexpected argument %q\n", fs.Arg(0))
@@ -328,7 +328,7 @@ func cmdMilter(args []string) int {
 	strip := fs.Bool("strip", false, "remove the pass mark from verified messages")
 	observe := fs.Bool("observe-only", false, "accept unmarked messages (still reported)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "moat milter: unexpected argument %q\n", fs.Arg(0))

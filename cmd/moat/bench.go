@@ -31,7 +31,7 @@ func cmdBench(args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	// Usage errors before the ceiling run (minutes with the defaults),
 	// not after it.

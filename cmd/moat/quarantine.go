@@ -51,7 +51,7 @@ func cmdQuarantine(args []string) int {
 	dir := fs.String("dir", quarantine.DefaultConfig().Dir, "quarantine directory (without --config)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, quarantineUsage) }
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()
@@ -197,7 +197,7 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, driver 
 		limit := fs.Int("limit", 100, "at most this many")
 		asJSON := fs.Bool("json", false, "JSON output")
 		if err := fs.Parse(reorder(args[1:])); err != nil {
-			return 2
+			return parseExit(err)
 		}
 		if fs.NArg() > 0 {
 			fmt.Fprintf(stderr, "moat quarantine list: unexpected argument %q (filter with --rcpt, --domain or --search)\n", fs.Arg(0))

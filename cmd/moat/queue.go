@@ -44,7 +44,7 @@ func runQueue(args []string, stdout, stderr io.Writer) int {
 	// Flags may come before or after the command and its argument.
 	flags, pos := splitArgs(args, map[string]bool{"config": true, "spool": true, "domain": true})
 	if err := fs.Parse(flags); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "moat queue: "+format+"\n", a...)

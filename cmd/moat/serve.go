@@ -35,7 +35,7 @@ func cmdServe(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	cfgPath := fs.String("config", "moat.yaml", "configuration file")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "moat serve: unexpected argument %q (give the configuration with --config FILE)\n", fs.Arg(0))
@@ -67,7 +67,7 @@ func cmdConfig(args []string) int {
 	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "configuration file")
 	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	path := *cfgPath
 	if path == "" && fs.NArg() == 1 {
@@ -106,7 +106,7 @@ func cmdVerifyPass(args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "moat verify-pass: unexpected argument %q (the message is read from stdin)\n", fs.Arg(0))
@@ -223,7 +223,7 @@ func cmdPassSecret(args []string) int {
 	fs := flag.NewFlagSet("pass-secret", flag.ContinueOnError)
 	cfgPath := fs.String("config", "moat.yaml", "configuration file")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: moat pass-secret [--config FILE] DOMAIN")

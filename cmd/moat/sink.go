@@ -35,7 +35,7 @@ func cmdSink(args []string) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "moat sink: unexpected argument %q\n", fs.Arg(0))

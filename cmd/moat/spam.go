@@ -50,7 +50,7 @@ func cmdLearn(args []string) int {
 	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	quiet := fs.Bool("q", false, "print only the summary")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if (*fromPath != "" && (*spam != "" || *ham != "")) || (*fromPath == "" && *spam == "" && *ham == "") || fs.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "usage: moat learn [--spam PATH] [--ham PATH] | --label-from-path PATH [--mode everything|on-error] [--db FILE] [--user ADDR]")
@@ -188,7 +188,7 @@ func cmdClassify(args []string) int {
 	user := fs.String("user", "", "score with this user's model (falls back to the site model)")
 	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "moat classify: unexpected argument %q (the message is read from stdin: moat classify < FILE)\n", fs.Arg(0))
@@ -278,7 +278,7 @@ func cmdEval(args []string) int {
 	withRules := fs.Bool("with-rules", false, "also report the gateway's content score: shipped rules + bayes points at the tag score")
 	autolearn := fs.Bool("autolearn", false, "no true labels: the model learns only what the gateway's autolearn decides from the shipped rules' score (reports the gateway's content score)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if *corpus == "" {
 		fmt.Fprintln(os.Stderr, "usage: moat eval --corpus FILE.tar.gz [--seed N] [--classifier stack|logreg|chi2] [--split]")

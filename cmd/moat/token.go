@@ -20,7 +20,7 @@ func cmdToken(args []string) int {
 	role := fs.String("role", "", "site, partner:NAME or domain:NAME")
 	label := fs.String("label", "", "who or what the token is for (shown in the audit log)")
 	if err := fs.Parse(args[1:]); err != nil {
-		return 2
+		return parseExit(err)
 	}
 	if *role == "" || *label == "" {
 		fmt.Fprintln(os.Stderr, "moat token create: --role and --label are required")

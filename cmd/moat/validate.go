@@ -1,6 +1,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"strings"
 
 	"moat.dev/moat/internal/api"
@@ -23,4 +25,13 @@ func validAddress(s string) bool {
 	}
 	_, ok = normDomain(domain)
 	return ok
+}
+
+// parseExit is the exit status after a flag parse error: 0 when the user
+// asked for help (-h, --help: the usage was printed), else 2.
+func parseExit(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	return 2
 }
