@@ -316,6 +316,23 @@ func cmdLockdown(args []string) int {
 // `moat pass-secret DOMAIN`.
 func readSecret(path string) ([]byte, error) { return passmark.ReadKeyFile(path) }
 
+// milterSecrets returns the milter's secret lookup: the --secret-file
+// secrets, and with --config the configured domains' secrets derived from
+// the master key. Mail for any other domain passes (partial domains keep
+// working): the master key derives a "secret" for every name, so it must
+// not be asked for one.
+func milterSecrets(lc *leakageConfig, secrets map[string][]byte) func(string) []byte {
+	return func(d string) []byte {
+		if s, ok := secrets[d]; ok {
+			return s
+		}
+		if _, routed := lc.Audit.Routes[d]; routed && lc.Secret != nil {
+			return lc.Secret(d)
+		}
+		return nil
+	}
+}
+
 func cmdMilter(args []string) int {
 	fs := flag.NewFlagSet("milter", flag.ContinueOnError)
 	var domains, secretFiles, trusted multiFlag
@@ -323,7 +340,7 @@ func cmdMilter(args []string) int {
 	listen := fs.String("listen", "", "milter socket host:port or unix:/path (default 127.0.0.1:8891)")
 	fs.Var(&domains, "domain", "protected domain (repeatable, paired with --secret-file in order)")
 	fs.Var(&secretFiles, "secret-file", "file with the domain's pass-mark secret (moat pass-secret)")
-	fs.Var(&trusted, "trusted", "trusted client CIDR, replaces the default loopback set (repeatable)")
+	fs.Var(&trusted, "trusted", "trusted client CIDR whose mail passes unmarked, e.g. 127.0.0.0/8 for local webmail (repeatable; default none)")
 	reportURL := fs.String("report-url", "", "Moat's bypass report URL")
 	strip := fs.Bool("strip", false, "remove the pass mark from verified messages")
 	observe := fs.Bool("observe-only", false, "accept unmarked messages (still reported)")
@@ -370,15 +387,7 @@ func cmdMilter(args []string) int {
 		}
 		secrets[strings.ToLower(strings.TrimSuffix(d, "."))] = s
 	}
-	secretOf := func(d string) []byte {
-		if s, ok := secrets[d]; ok {
-			return s
-		}
-		if lc.Secret != nil {
-			return lc.Secret(d)
-		}
-		return nil
-	}
+	secretOf := milterSecrets(lc, secrets)
 	if len(secrets) == 0 && lc.Secret == nil {
 		log.Error("no protected domain: give --domain and --secret-file")
 		return 2

@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 
+	"moat.dev/moat/internal/audit"
 	"moat.dev/moat/internal/testutil/dnstest"
 )
 
@@ -180,5 +181,19 @@ func TestAuditConfigDomains(t *testing.T) {
 	errb.Reset()
 	if code := runAudit([]string{"--config", none, "--json"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "configures no domains") || !strings.Contains(out.String(), `"status":"error"`) {
 		t.Fatalf("no domains configured: exit %d, stderr %q, stdout %q; want 2 and an error naming the problem", code, errb.String(), out.String())
+	}
+}
+
+// TestMilterSecrets: with a configuration, the milter protects the
+// configured domains only; a --secret-file domain is protected too; any
+// other domain has no secret, so its mail passes.
+func TestMilterSecrets(t *testing.T) {
+	lc := &leakageConfig{Secret: func(d string) []byte { return []byte("derived:" + d) }}
+	lc.Audit.Routes = map[string]audit.Route{"protected.test": {}}
+	secretOf := milterSecrets(lc, map[string][]byte{"file.test": []byte("from-file")})
+	for d, want := range map[string]string{"protected.test": "derived:protected.test", "file.test": "from-file", "other.test": ""} {
+		if got := string(secretOf(d)); got != want {
+			t.Errorf("%s: secret %q, want %q", d, got, want)
+		}
 	}
 }
