@@ -33,6 +33,7 @@ commands:
   show ID [--raw]           the entry, its reasons and history (--raw: the message bytes)
   release ID [--teach]      re-deliver through the queue (ID of one entry, or of a message: all its recipients)
   delete ID                 discard (entry or message ID)
+  spam ID                   report spam: teach the classifier it is spam, then discard
   user add NAME --role site_admin|partner_admin|domain_admin|user [--partner P] [--domain D,...] [--address A,...]
                             (password read from stdin)
   user list | user passwd NAME | user del NAME
@@ -268,7 +269,7 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, driver 
 			fmt.Fprintf(stdout, "  %s  %-16s %-20s %s\n", a.At.Format(time.DateTime), a.Action, a.By, a.Detail)
 		}
 		return 0
-	case "release", "delete":
+	case "release", "delete", "spam":
 		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		teach := fs.Bool("teach", false, "teach the classifier it is ham")
@@ -283,12 +284,18 @@ func runQuarantine(ctx context.Context, q *quarantine.Store, db *sql.DB, driver 
 		by := "cli:" + os.Getenv("USER")
 		rc := 0
 		for _, id := range ids {
-			if args[0] == "delete" {
+			switch args[0] {
+			case "delete":
 				err = q.Delete(ctx, id, by)
 				if err == nil {
 					fmt.Fprintf(stdout, "%s deleted\n", id)
 				}
-			} else {
+			case "spam":
+				err = q.ReportSpam(ctx, id, by)
+				if err == nil {
+					fmt.Fprintf(stdout, "%s reported as spam\n", id)
+				}
+			default:
 				var qid string
 				qid, err = q.Release(ctx, id, quarantine.ReleaseOptions{By: by, Teach: *teach})
 				if err == nil {

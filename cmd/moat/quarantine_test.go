@@ -74,9 +74,24 @@ func testQuarantineCLI(t *testing.T, db *sql.DB, driver string) {
 	if tot, err := lr.c.Totals(ctx, "a@a.example"); err != nil || tot.Ham != 1 {
 		t.Errorf("release --teach taught %+v, %v; want one ham", tot, err)
 	}
+	// Report spam: b's copy teaches b's model a spam lesson and goes.
+	if rc, out, errs := run("", "spam", id+"-2"); rc != 0 || !strings.Contains(out, id+"-2 reported as spam") {
+		t.Errorf("spam: %d %s %s", rc, out, errs)
+	}
+	if tot, err := lr.c.Totals(ctx, "b@b.example"); err != nil || tot.Spam != 1 {
+		t.Errorf("spam taught %+v, %v; want one spam lesson", tot, err)
+	}
+	id2, err := q.Hold(ctx, &quarantine.Entry{From: "s@x.example", Rcpts: []string{"a@a.example", "b@b.example"}, Subject: "Again", Score: 6},
+		strings.NewReader("Subject: Again\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A message ID acts on every copy still held.
-	if rc, out, _ := run("", "delete", id); rc != 1 || !strings.Contains(out, id+"-2 deleted") {
+	if rc, out, _ := run("", "delete", id2); rc != 0 || !strings.Contains(out, id2+"-1 deleted") || !strings.Contains(out, id2+"-2 deleted") {
 		t.Errorf("delete by message id: %d %s", rc, out)
+	}
+	if rc, _, errs := run("", "spam", id2+"-1"); rc != 1 || !strings.Contains(errs, "no longer held") {
+		t.Errorf("spam of a deleted copy: %d %s", rc, errs)
 	}
 	if rc, _, errs := run("pw-123456789\n", "user", "add", "root", "--role", "site_admin"); rc != 0 {
 		t.Fatalf("user add: %s", errs)
