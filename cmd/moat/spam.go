@@ -73,6 +73,21 @@ func cmdLearn(args []string) int {
 		cfg.Algorithm = *alg
 	}
 	cfg.TrainMode = *mode
+	// Everything that can be refused is refused before the model's
+	// database is opened (and created).
+	if _, err := classify.New(cfg, classify.NewMemStore()); err != nil {
+		fmt.Fprintln(os.Stderr, "moat learn:", err)
+		return 2
+	}
+	for _, p := range []string{*fromPath, *ham, *spam} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintln(os.Stderr, "moat learn:", err)
+			return 1
+		}
+	}
 	c, closeDB, err := openModel(ctx, sc, *dbPath, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat learn:", err)
@@ -128,6 +143,10 @@ func cmdLearn(args []string) int {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "moat learn:", err)
+		return 1
+	}
+	if total == 0 {
+		fmt.Fprintln(os.Stderr, "moat learn: no messages found (an empty folder, or no ham/ or spam/ in the paths)")
 		return 1
 	}
 	t, _ := c.Totals(ctx, *user)
@@ -280,9 +299,21 @@ func cmdEval(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return parseExit(err)
 	}
-	if *corpus == "" {
+	if *corpus == "" || fs.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: moat eval --corpus FILE.tar.gz [--seed N] [--classifier stack|logreg|chi2] [--split]")
 		return 2
+	}
+	if *threshold < 0 || *threshold >= 1 {
+		fmt.Fprintf(os.Stderr, "moat eval: --threshold %v: want a probability in (0, 1) (0: the classifier's)\n", *threshold)
+		return 2
+	}
+	if *scores != "" { // before the evaluation, not after it
+		f, err := os.Create(*scores)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "moat eval: --scores:", err)
+			return 1
+		}
+		f.Close()
 	}
 	var items []classify.Item
 	if err := classify.ReadSource(*corpus, func(it classify.Item) error { items = append(items, it); return nil }); err != nil {
@@ -300,6 +331,12 @@ func cmdEval(args []string) int {
 	}
 	if len(items) == 0 {
 		fmt.Fprintln(os.Stderr, "moat eval: no labelled messages (need ham/ and spam/ in member paths, or an index)")
+		return 1
+	}
+	isSpam := func(it classify.Item) bool { return it.Label == classify.Spam }
+	isHam := func(it classify.Item) bool { return it.Label == classify.Ham }
+	if !slices.ContainsFunc(items, isSpam) || !slices.ContainsFunc(items, isHam) {
+		fmt.Fprintln(os.Stderr, "moat eval: the corpus needs both ham and spam (ROC AUC compares them)")
 		return 1
 	}
 	if *order {

@@ -289,3 +289,46 @@ func stdoutOf(t *testing.T, fn func()) string {
 	os.Stdout = old
 	return <-done
 }
+
+// TestLearnEvalRefuse: what learn and eval cannot do is refused with a
+// message and the right exit status, and a refused learn creates no
+// database.
+func TestLearnEvalRefuse(t *testing.T) {
+	dir := t.TempDir()
+	db := filepath.Join(dir, "m.db")
+	empty := filepath.Join(dir, "empty")
+	os.MkdirAll(empty, 0o755)
+	hamOnly := filepath.Join(dir, "hamonly")
+	os.MkdirAll(filepath.Join(hamOnly, "ham"), 0o755)
+	os.WriteFile(filepath.Join(hamOnly, "ham", "1.eml"), []byte("Subject: hi\r\n\r\nhello\r\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		rc   int
+	}{
+		{[]string{"--db", db, "--classifier", "bogus", "--ham", hamOnly}, 2},
+		{[]string{"--db", db, "--ham", filepath.Join(dir, "nonexistent")}, 1},
+	} {
+		if rc := cmdLearn(tc.args); rc != tc.rc {
+			t.Errorf("learn %v: rc %d, want %d", tc.args, rc, tc.rc)
+		}
+		if _, err := os.Stat(db); err == nil {
+			t.Fatalf("learn %v created %s", tc.args, db)
+		}
+	}
+	if rc := cmdLearn([]string{"--db", db, "--ham", empty, "-q"}); rc != 1 {
+		t.Errorf("learn of an empty folder: rc %d, want 1", rc)
+	}
+	for _, tc := range []struct {
+		args []string
+		rc   int
+	}{
+		{[]string{"--corpus", hamOnly}, 1},
+		{[]string{"--corpus", hamOnly, "--threshold", "2"}, 2},
+		{[]string{"--corpus", hamOnly, "extra"}, 2},
+		{[]string{"--corpus", hamOnly, "--scores", filepath.Join(dir, "no", "such", "dir", "s.tsv")}, 1},
+	} {
+		if rc := cmdEval(tc.args); rc != tc.rc {
+			t.Errorf("eval %v: rc %d, want %d", tc.args, rc, tc.rc)
+		}
+	}
+}
