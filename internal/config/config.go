@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -148,6 +149,21 @@ func Parse(name string, data []byte) (*Config, error) {
 		}
 		return nil, fmt.Errorf("%s: %s", name, explainValue(err.Error(), data, paths))
 	}
+	// One document: a second one ("---" then more keys) would be ignored
+	// silently, with whatever it was meant to set.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, errorsEOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", name, err)
+		}
+		if len(more.Content) > 0 && !(more.Content[0].Kind == yaml.ScalarNode && more.Content[0].Tag == "!!null") {
+			return nil, fmt.Errorf("%s: line %d: a second YAML document (after ---): put every key in one document", name, more.Content[0].Line)
+		}
+	}
 	c.path = name
 	c.fill()
 	if err := c.domainPolicies(); err != nil {
@@ -228,8 +244,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("log.format: %q is not one of text, json", c.Log.Format)
 	}
 	if c.HTTP.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		if _, p, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 			return fmt.Errorf("http.listen: %v", err)
+		} else if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("http.listen: %q: the port must be 0-65535", c.HTTP.Listen)
 		}
 	}
 	switch c.Store.Driver {
@@ -254,6 +272,9 @@ func (c *Config) Validate() error {
 	for i, d := range c.Domains {
 		key := fmt.Sprintf("domains[%d]", i)
 		if _, err := d.Domain(); err != nil {
+			return fmt.Errorf("%s.%w", key, err)
+		}
+		if _, err := d.RecipientList(); err != nil { // what moat serve seeds
 			return fmt.Errorf("%s.%w", key, err)
 		}
 		n := strings.ToLower(strings.TrimSuffix(d.Name, "."))

@@ -85,7 +85,7 @@ func prefixAll(prefix string, err error) error {
 	return fmt.Errorf("%s", strings.Join(lines, "\n"))
 }
 
-var reDuration = regexp.MustCompile(`^time: (invalid duration|unknown unit|missing unit).*?"([^"]*)"`)
+var reDuration = regexp.MustCompile(`^time: (invalid duration|unknown unit|missing unit).*"([^"]*)"`) // the last quoted string: the value
 
 // explainValue names the key of a value error that yaml.v3 reports without
 // a line (a TextUnmarshaler such as a duration refusing its text).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -113,8 +114,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("listen: at least one address is required"))
 	}
 	for _, a := range c.Listen {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			errs = append(errs, fmt.Errorf("listen: %q is not host:port", a))
+		if _, p, err := net.SplitHostPort(a); err != nil || !validPort(p) {
+			errs = append(errs, fmt.Errorf("listen: %q is not host:port (port 0-65535)", a))
 		}
 	}
 	if c.Hostname == "" {
@@ -175,4 +176,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("greet_pause: must be between 0s and 1m"))
 	}
 	return errors.Join(errs...)
+}
+
+// validPort reports whether p is a port number (0-65535).
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535
 }

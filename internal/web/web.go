@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,8 +81,10 @@ func DefaultConfig() Config {
 // Validate reports the first invalid key.
 func (c *Config) Validate() error {
 	if c.Listen != "" { // "" turns the web UI off
-		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		if _, p, err := net.SplitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("listen: %v", err)
+		} else if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			return fmt.Errorf("listen: %q: the port must be 0-65535", c.Listen)
 		}
 	}
 	if c.SessionTTL < time.Minute || c.SessionTTL > 30*24*time.Hour {
