@@ -8,6 +8,7 @@ package lockdown
 import (
 	"fmt"
 	"io"
+	"moat.dev/moat/internal/netaddr"
 	"net/netip"
 	"slices"
 	"sort"
@@ -68,12 +69,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("gateway_addresses: at least one of Moat's addresses is required")
 	}
 	for _, s := range c.Gateway {
-		if _, err := parsePrefix(s); err != nil {
+		if _, err := netaddr.ParsePrefix(s); err != nil {
 			return fmt.Errorf("gateway_addresses: %q is not an IP address or CIDR (%v)", s, err)
 		}
 	}
 	for _, s := range c.Allow {
-		if _, err := parsePrefix(s); err != nil {
+		if _, err := netaddr.ParsePrefix(s); err != nil {
 			return fmt.Errorf("allow: %q is not an IP address or CIDR (%v)", s, err)
 		}
 	}
@@ -148,37 +149,6 @@ func validMilter(s string) bool {
 	return validDomain(host) && !strings.Contains(host, ":")
 }
 
-// parsePrefix reads an address or CIDR. It refuses zoned IPv6 addresses
-// (netip accepts any text after '%', which would be silently dropped) and
-// prefixes of length 0 (the whole address family: no lockdown at all), and
-// turns IPv4-mapped IPv6 addresses and prefixes into IPv4 ones, which is
-// how the kernel and the MTAs see IPv4 clients.
-func parsePrefix(s string) (netip.Prefix, error) {
-	var p netip.Prefix
-	if pp, err := netip.ParsePrefix(s); err == nil {
-		p = pp.Masked()
-	} else {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("zoned address")
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if a := p.Addr(); a.Is4In6() {
-		if p.Bits() < 96 {
-			return netip.Prefix{}, fmt.Errorf("IPv4-mapped prefix shorter than /96")
-		}
-		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-	}
-	if p.Bits() == 0 {
-		return netip.Prefix{}, fmt.Errorf("/0 allows every address")
-	}
-	return p, nil
-}
-
 type plan struct {
 	v4, v6 []netip.Prefix // allowed clients
 	ports  []int
@@ -192,7 +162,7 @@ func newPlan(cfg Config) (*plan, error) {
 	p := &plan{cfg: cfg}
 	seen := map[netip.Prefix]bool{}
 	for _, s := range append(slices.Clone(cfg.Gateway), cfg.Allow...) {
-		pr, _ := parsePrefix(s)
+		pr, _ := netaddr.ParsePrefix(s)
 		if seen[pr] {
 			continue
 		}

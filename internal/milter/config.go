@@ -2,7 +2,7 @@ package milter
 
 import (
 	"fmt"
-	"net/netip"
+	"moat.dev/moat/internal/netaddr"
 	"net/url"
 	"time"
 )
@@ -69,7 +69,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, s := range c.Trusted {
-		if _, err := parsePrefix(s); err != nil {
+		if _, err := netaddr.ParsePrefix(s); err != nil {
 			return fmt.Errorf("trusted: %q is not an IP address or CIDR (%v)", s, err)
 		}
 	}
@@ -86,35 +86,4 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("report_queue: must be >= 1")
 	}
 	return nil
-}
-
-// parsePrefix reads an address or CIDR of trusted clients. Decide compares
-// unmapped client addresses, so IPv4-mapped IPv6 input becomes IPv4 (else
-// it would never match); zoned addresses (any text after '%' is accepted
-// by netip, then silently dropped) and /0 (every client trusted: the milter
-// would check nothing) are refused.
-func parsePrefix(s string) (netip.Prefix, error) {
-	var p netip.Prefix
-	if pp, err := netip.ParsePrefix(s); err == nil {
-		p = pp.Masked()
-	} else {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("zoned address")
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if a := p.Addr(); a.Is4In6() {
-		if p.Bits() < 96 {
-			return netip.Prefix{}, fmt.Errorf("IPv4-mapped prefix shorter than /96")
-		}
-		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-	}
-	if p.Bits() == 0 {
-		return netip.Prefix{}, fmt.Errorf("/0 would trust every client")
-	}
-	return p, nil
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"moat.dev/moat/internal/netaddr"
 	"net"
 	"net/netip"
 	"strings"
@@ -67,7 +68,7 @@ func New(cfg Config, secrets func(domain string) []byte, log *slog.Logger, reg p
 		}
 	}
 	for _, s := range cfg.Trusted {
-		p, _ := parsePrefix(s)
+		p, _ := netaddr.ParsePrefix(s)
 		f.trusted = append(f.trusted, p)
 	}
 	return f, nil
