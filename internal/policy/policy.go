@@ -174,10 +174,14 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 	var hard *verdict.Verdict
 	var hardFrom string
 	allowIP := p.allowedIP(results)
+	forged := forgedSender(results)
 	for _, res := range results {
 		l := p.Layer(res.Check)
 		if l.Mode == ModeOff {
 			continue
+		}
+		if forged && res.Check == "lists" {
+			res.Symbols = discountSenderAllow(res.Symbols)
 		}
 		if allowIP && reputationLayers[res.Check] && res.Hard != nil {
 			// The client's address is allowlisted: its reputation (a
@@ -259,6 +263,38 @@ func (p *Policy) Decide(results []verdict.Result, stage Stage) Decision {
 		d.Reply.Text += "; if this is an error contact " + p.Appeal
 	}
 	return d
+}
+
+// forgedSender reports whether SPF or DMARC says the sender's address is
+// not the sender's (SPF fail or softfail, a DMARC failure): anyone can
+// write an allowlisted envelope sender, so a sender allow then counts
+// for nothing (SpamAssassin's whitelist_auth idea, without requiring a
+// pass from domains that publish nothing).
+func forgedSender(results []verdict.Result) bool {
+	for _, res := range results {
+		for _, s := range res.Symbols {
+			switch {
+			case s.Name == "SPF_FAIL", s.Name == "SPF_SOFTFAIL", strings.HasPrefix(s.Name, "DMARC_FAIL"):
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// discountSenderAllow returns syms with ALLOWLIST_SENDER worth nothing.
+func discountSenderAllow(syms []verdict.Symbol) []verdict.Symbol {
+	out, copied := syms, false
+	for i, s := range syms {
+		if s.Name == "ALLOWLIST_SENDER" && s.Score != 0 {
+			if !copied { // the check's result is shared: change a copy
+				out, copied = append([]verdict.Symbol(nil), syms...), true
+			}
+			out[i].Score = 0
+			out[i].Detail += " (not counted: the sender fails SPF or DMARC)"
+		}
+	}
+	return out
 }
 
 // reputationLayers judge the client by its address and manners. An

@@ -58,6 +58,8 @@ func TestDecide(t *testing.T) {
 		{"a sender allow lifts no blocklist reject", nil, []verdict.Result{sym("lists", "ALLOWLIST_SENDER", -100), hard("dnsbl", verdict.Reject, 554)}, Envelope, verdict.Reject, 554, -100},
 		{"an observed allowlist lifts nothing", func(p *Policy) { p.Layers["lists"] = Layer{Mode: ModeReject, Observe: true} },
 			[]verdict.Result{sym("lists", "ALLOWLIST_IP", -100), hard("dnsbl", verdict.Reject, 554)}, Envelope, verdict.Reject, 554, 0},
+		{"a forged sender's allow counts for nothing", nil, []verdict.Result{sym("spf", "SPF_FAIL", 3), sym("lists", "ALLOWLIST_SENDER", -100), sym("bayes", "B", 20)}, Content, verdict.Reject, 550, 23},
+		{"an allowlisted IP still counts with SPF failing", nil, []verdict.Result{sym("spf", "SPF_FAIL", 3), sym("lists", "ALLOWLIST_IP", -100), sym("bayes", "B", 20)}, Content, verdict.NoOpinion, 0, -77},
 		{"allowlist outweighs", nil, []verdict.Result{sym("lists", "ALLOWLIST_IP", -100), sym("bayes", "B", 20)}, Content, verdict.NoOpinion, 0, -80},
 	}
 	for _, c := range cases {
