@@ -41,7 +41,9 @@ func (c cancelAfterEnqueue) Enqueue(env *queue.Envelope, body io.Reader) (string
 	return id, err
 }
 
-func TestReleaseRecordedWhenCallerGoesAway(t *testing.T) { backends(t, testReleaseRecordedWhenCallerGoesAway) }
+func TestReleaseRecordedWhenCallerGoesAway(t *testing.T) {
+	backends(t, testReleaseRecordedWhenCallerGoesAway)
+}
 
 func testReleaseRecordedWhenCallerGoesAway(t *testing.T, driver string) {
 	e := newEnv(t, driver, false)
@@ -127,7 +129,9 @@ func (l stateLearner) Learn(ctx context.Context, raw []byte, spam bool, user str
 
 func (l stateLearner) Score(context.Context, []byte, string) (float64, error) { return 0, nil }
 
-func TestReportSpamClaimsBeforeLearning(t *testing.T) { backends(t, testReportSpamClaimsBeforeLearning) }
+func TestReportSpamClaimsBeforeLearning(t *testing.T) {
+	backends(t, testReportSpamClaimsBeforeLearning)
+}
 
 func testReportSpamClaimsBeforeLearning(t *testing.T, driver string) {
 	e := newEnv(t, driver, false)
