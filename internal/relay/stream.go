@@ -80,6 +80,10 @@ func (n *normWriter) Close() error {
 
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// readers are copyMessage's header readers (64 KiB each: one per message
+// would be most of what a delivery allocates).
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+
 // copyMessage writes the received message from r through nw, putting
 // subjectPrefix in front of the Subject field's value (adding a Subject
 // field if there is none) when subjectPrefix is not empty.
@@ -97,7 +101,9 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // trust them (RFC 8601 5; SpamAssassin removes X-Spam-* fields it did not
 // write).
 func copyMessage(nw *normWriter, r io.Reader, subjectPrefix, prepend string) error {
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() { br.Reset(nil); readers.Put(br) }()
 	forged := ownedFields(prepend)
 	if headerless(br) {
 		sep := "\r\n"
