@@ -267,8 +267,14 @@ func TestReadSourceFormats(t *testing.T) {
 	if n != 2 {
 		t.Fatalf("maildir: %d messages", n)
 	}
-	if LabelFromPath("x/spam/1.eml") != Spam || LabelFromPath("ham/2") != Ham || LabelFromPath("inbox/3") != Unknown {
-		t.Fatal("LabelFromPath")
+	for path, want := range map[string]Label{
+		"x/spam/1.eml": Spam, "ham/2": Ham, "inbox/3": Unknown,
+		"corpus/easy_ham/00001.abc": Ham, "corpus/hard_ham_2/1": Ham, "spam_2/0001.x": Spam, "SPAM/1": Spam,
+		"shampoo/1": Unknown, "spamassassin/ham/1": Ham, "ham-or-spam/1": Unknown, "2002/ham/1.eml": Ham,
+	} {
+		if got := LabelFromPath(path); got != want {
+			t.Errorf("LabelFromPath(%q) = %v, want %v", path, got, want)
+		}
 	}
 }
 

@@ -27,13 +27,23 @@ type Item struct {
 const maxItemBytes = 32 << 20
 
 // LabelFromPath returns Ham or Spam when a path component is "ham" or
-// "spam" (the corpus layout ham/*.eml, spam/*.eml), else Unknown.
+// "spam" (the corpus layout ham/*.eml, spam/*.eml), or names one of them
+// as a word of its own (SpamAssassin's public corpus folders easy_ham,
+// hard_ham, spam_2; "ham-2024"), else Unknown. The first component that
+// says one, and only one, of the two decides.
 func LabelFromPath(name string) Label {
 	for _, c := range strings.Split(filepath.ToSlash(name), "/") {
-		switch strings.ToLower(c) {
-		case "ham":
+		var ham, spam bool
+		for _, w := range strings.FieldsFunc(strings.ToLower(c), func(r rune) bool {
+			return !('a' <= r && r <= 'z')
+		}) {
+			ham = ham || w == "ham"
+			spam = spam || w == "spam"
+		}
+		switch {
+		case ham && !spam:
 			return Ham
-		case "spam":
+		case spam && !ham:
 			return Spam
 		}
 	}
