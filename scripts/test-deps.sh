@@ -4,8 +4,8 @@
 # otherwise the script only reports what is missing.
 set -euo pipefail
 
-pkgs=(postfix swaks clamav-daemon clamav p0f nftables iptables bogofilter spamassassin chromium postgresql)
-bins=(postfix swaks clamd sigtool nft iptables-restore bogofilter spamassassin chromium pg_ctlcluster)
+pkgs=(postfix swaks clamav-daemon clamav p0f nftables iptables bogofilter spamassassin chromium postgresql bzip2)
+bins=(postfix swaks clamd sigtool nft iptables-restore bogofilter spamassassin chromium pg_ctlcluster bzip2)
 missing=()
 for i in "${!bins[@]}"; do
 	command -v "${bins[$i]}" >/dev/null 2>&1 || [ -x "/usr/sbin/${bins[$i]}" ] || [ -x "/usr/bin/${bins[$i]}" ] || missing+=("${pkgs[$i]}")

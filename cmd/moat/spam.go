@@ -40,7 +40,7 @@ func openClassifier(ctx context.Context, path, algorithm string) (*classify.Clas
 
 func cmdLearn(args []string) int {
 	fs := flag.NewFlagSet("learn", flag.ContinueOnError)
-	spam := fs.String("spam", "", "learn PATH (file, Maildir, mbox, .tar.gz) as spam")
+	spam := fs.String("spam", "", "learn PATH (file, Maildir, mbox, .tar.gz/.tar.bz2) as spam")
 	ham := fs.String("ham", "", "learn PATH as ham")
 	fromPath := fs.String("label-from-path", "", "learn PATH, labelling by ham/ and spam/ path components")
 	mode := fs.String("mode", "everything", "everything | on-error (learn only what the model gets wrong or is unsure of)")
@@ -283,7 +283,7 @@ func signed(f float64) string { return fmt.Sprintf("%+.2f", f) }
 
 func cmdEval(args []string) int {
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
-	corpus := fs.String("corpus", "", "labelled corpus: .tar.gz (ham/, spam/ members, or a TREC-style index), or a directory")
+	corpus := fs.String("corpus", "", "labelled corpus: .tar.gz/.tar.bz2/.tar (ham/, spam/ members, or a TREC-style index), or a directory")
 	seed := fs.Uint64("seed", 1, "seed of the online order (see docs/classifier.md)")
 	orderBy := fs.String("order", "interleave", "interleave: each class shuffled by --seed, spread through the stream in proportion | corpus: the corpus's own order (a TREC index's, else sorted names)")
 	alg := fs.String("classifier", "", "stack | logreg | chi2 (default: stack)")
@@ -475,8 +475,7 @@ func listable(path string) bool {
 	if st.IsDir() {
 		return true
 	}
-	low := strings.ToLower(path)
-	return strings.HasSuffix(low, ".tar.gz") || strings.HasSuffix(low, ".tgz") || strings.HasSuffix(low, ".tar")
+	return classify.IsArchive(path)
 }
 
 // list returns the messages of a listable path: an archive's with their

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -380,6 +381,41 @@ func TestReadSourceIndex(t *testing.T) {
 	var n int
 	if err := ReadSource(plain, func(it Item) error { n++; return nil }); err != nil || n != 2 {
 		t.Fatalf("a message called index: %d messages, error %v; want 2, nil", n, err)
+	}
+}
+
+// TestReadSourceBzip2: SpamAssassin's public corpus comes as .tar.bz2
+// with easy_ham/ and spam_2/ folders; it is read as it is.
+func TestReadSourceBzip2(t *testing.T) {
+	bz, err := exec.LookPath("bzip2")
+	if err != nil {
+		if os.Getenv("MOAT_REQUIRE_TOOLS") == "1" {
+			t.Fatal("bzip2 not installed (scripts/test-deps.sh installs it)")
+		}
+		t.Skip("bzip2 not installed")
+	}
+	tarPath := filepath.Join(t.TempDir(), "20030228_easy.tar")
+	f, err := os.Create(tarPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	for name, body := range map[string]string{"easy_ham/00001.a": "Subject: hi\n\nhello\n", "spam_2/00002.b": "Subject: buy\n\nnow\n"} {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(body))
+	}
+	if err := errors.Join(tw.Close(), f.Close()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bz, tarPath).CombinedOutput(); err != nil {
+		t.Fatalf("bzip2: %v %s", err, out)
+	}
+	var got []string
+	if err := ReadSource(tarPath+".bz2", func(it Item) error { got = append(got, it.Name+"="+it.Label.String()); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "easy_ham/00001.a=ham spam_2/00002.b=spam" {
+		t.Fatalf("read %q", got)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"compress/bzip2"
 	"compress/gzip"
 	"errors"
 	"fmt"
@@ -50,7 +51,8 @@ func LabelFromPath(name string) Label {
 	return Unknown
 }
 
-// ReadSource reads every message of path: a .tar.gz/.tgz/.tar archive, a
+// ReadSource reads every message of path: a .tar.gz/.tgz/.tar.bz2/.tbz2/.tar
+// archive, a
 // Maildir (cur/ and new/), a directory of message files, an mbox file, or
 // a single message file. fn is called once per message, in a deterministic
 // order (sorted names; mbox file order).
@@ -66,11 +68,10 @@ func ReadSource(path string, fn func(Item) error) error {
 	if err != nil {
 		return err
 	}
-	low := strings.ToLower(path)
 	switch {
 	case st.IsDir():
 		return readDir(path, fn)
-	case strings.HasSuffix(low, ".tar.gz") || strings.HasSuffix(low, ".tgz") || strings.HasSuffix(low, ".tar"):
+	case IsArchive(path):
 		return readTar(path, fn)
 	}
 	f, err := os.Open(path)
@@ -151,6 +152,21 @@ func LoadItem(it *Item) error {
 	return nil
 }
 
+// IsArchive reports whether ReadSource reads path as a tar archive (by
+// its name: .tar, .tar.gz, .tgz, .tar.bz2, .tbz2).
+func IsArchive(path string) bool {
+	low := strings.ToLower(path)
+	for _, ext := range []string{".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2"} {
+		if strings.HasSuffix(low, ext) {
+			if st, err := os.Stat(path); err == nil && st.IsDir() {
+				return false
+			}
+			return true
+		}
+	}
+	return false
+}
+
 func readTar(path string, fn func(Item) error) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -158,7 +174,10 @@ func readTar(path string, fn func(Item) error) error {
 	}
 	defer f.Close()
 	var r io.Reader = bufio.NewReaderSize(f, 1<<16)
-	if !strings.HasSuffix(strings.ToLower(path), ".tar") {
+	switch low := strings.ToLower(path); {
+	case strings.HasSuffix(low, ".tar.bz2") || strings.HasSuffix(low, ".tbz2"):
+		r = bzip2.NewReader(r) // SpamAssassin's public corpus comes so
+	case !strings.HasSuffix(low, ".tar"):
 		gz, err := gzip.NewReader(r)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
