@@ -126,6 +126,17 @@ func (b *builder) add(prefix string, a slog.Attr) {
 		return
 	}
 	s := func() string { return clip(valueString(v), 512) }
+	if b.e.Msg != TxnMessage {
+		// The transaction line's own keys mean nothing special on other
+		// lines ("queue: DSN queued" action=failed, "quarantined"
+		// score=11, "relay: delivered" rcpts=1): keep them in Detail
+		// instead of dropping them with the unused txnInfo.
+		switch a.Key {
+		case "conn_id", "ip", "helo", "from", "rcpts", "symbols", "size", "score", "action", "reason":
+			b.detailAttr("", slog.Attr{Key: a.Key, Value: v})
+			return
+		}
+	}
 	switch a.Key {
 	case "queue_id":
 		b.e.QueueID = clip(valueString(v), 128)
@@ -165,7 +176,7 @@ func (b *builder) add(prefix string, a slog.Attr) {
 	case "host":
 		b.e.Host = s()
 	case "domain":
-		b.e.Domain = clip(strings.ToLower(valueString(v)), 255)
+		b.e.Domain = clip(normDomain(valueString(v)), 255)
 	default:
 		b.detailAttr("", slog.Attr{Key: a.Key, Value: v})
 	}

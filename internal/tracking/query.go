@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/net/idna"
 )
 
 // Query selects messages. Empty fields match everything.
@@ -93,14 +96,21 @@ func (t *Tracker) Search(ctx context.Context, q Query) ([]Message, error) {
 	var where []string
 	var args []any
 	if q.QueueID != "" {
-		where, args = append(where, "m.queue_id = ?"), append(args, q.QueueID)
+		c, a := queueIDIn("m.queue_id", q.QueueID)
+		where, args = append(where, c), append(args, a...)
 	}
 	if q.From != "" {
 		where, args = append(where, `LOWER(m.from_addr) LIKE ? ESCAPE '\'`), append(args, likeEscape(q.From))
 	}
 	if q.Rcpt != "" {
-		where = append(where, `EXISTS (SELECT 1 FROM tracking_rcpts rr WHERE rr.queue_id = m.queue_id AND rr.rcpt LIKE ? ESCAPE '\')`)
-		args = append(args, likeEscape(q.Rcpt))
+		alt := idnAlternate(q.Rcpt)
+		if alt == "" {
+			where = append(where, `EXISTS (SELECT 1 FROM tracking_rcpts rr WHERE rr.queue_id = m.queue_id AND rr.rcpt LIKE ? ESCAPE '\')`)
+			args = append(args, likeEscape(q.Rcpt))
+		} else {
+			where = append(where, `EXISTS (SELECT 1 FROM tracking_rcpts rr WHERE rr.queue_id = m.queue_id AND (rr.rcpt LIKE ? ESCAPE '\' OR rr.rcpt LIKE ? ESCAPE '\'))`)
+			args = append(args, likeEscape(q.Rcpt), likeEscape(alt))
+		}
 	}
 	if q.ClientIP != "" {
 		where, args = append(where, "m.client_ip = ?"), append(args, q.ClientIP)
@@ -228,9 +238,53 @@ func (t *Tracker) Message(ctx context.Context, queueID string, scoped bool, doma
 	return &ms[0], nil
 }
 
-// Events returns every event recorded for queueID, oldest first.
+// Events returns every event recorded for queueID, oldest first. Like
+// Search, it accepts the queue ID in any case.
 func (t *Tracker) Events(ctx context.Context, queueID string) ([]Event, error) {
-	return t.events(ctx, "queue_id = ?", []any{queueID})
+	c, a := queueIDIn("queue_id", queueID)
+	return t.events(ctx, c, a)
+}
+
+// queueIDIn matches a queue ID typed in any case. Queue IDs are upper
+// case (Crockford base32) and the synthetic IDs of transactions without
+// one are lower case: trying the typed, upper and lower forms keeps the
+// index usable, where LOWER(queue_id) would scan the table.
+func queueIDIn(col, id string) (string, []any) {
+	forms := []any{id}
+	for _, f := range []string{strings.ToUpper(id), strings.ToLower(id)} {
+		if !slices.Contains(forms, any(f)) {
+			forms = append(forms, f)
+		}
+	}
+	return col + " IN (?" + strings.Repeat(", ?", len(forms)-1) + ")", forms
+}
+
+// idnAlternate returns the other spelling of the domain part of a
+// recipient search (A-labels for U-labels and back), or "" when there is
+// none: recipients are recorded as the client wrote them, so
+// info@bücher.example and info@xn--bcher-kva.example are the same
+// mailbox. Without an "@" the whole needle is taken as a domain.
+func idnAlternate(needle string) string {
+	local, dom := "", needle
+	if i := strings.LastIndexByte(needle, '@'); i >= 0 {
+		local, dom = needle[:i+1], needle[i+1:]
+	}
+	if dom == "" {
+		return ""
+	}
+	var alt string
+	var err error
+	if strings.Contains(strings.ToLower(dom), "xn--") {
+		alt, err = idna.ToUnicode(strings.ToLower(dom))
+	} else if strings.IndexFunc(dom, func(r rune) bool { return r >= 0x80 }) >= 0 {
+		alt, err = idnaLookup.ToASCII(dom)
+	} else {
+		return ""
+	}
+	if err != nil || alt == "" || strings.EqualFold(alt, dom) {
+		return ""
+	}
+	return local + alt
 }
 
 func (t *Tracker) events(ctx context.Context, where string, args []any) ([]Event, error) {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/idna"
 
 	"moat.dev/moat/internal/store/sqlstore"
 )
@@ -377,7 +378,7 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 			if _, ok := s.rcpts[addr]; !ok {
 				s.order = append(s.order, addr)
 			}
-			s.rcpts[addr] = strings.ToLower(domain)
+			s.rcpts[addr] = normDomain(domain)
 		}
 		if e.txn != nil {
 			s.txn = e.txn
@@ -413,9 +414,30 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 func domainOf(addr string) string {
 	addr = strings.Trim(addr, "<>")
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
-		return strings.ToLower(addr[i+1:])
+		return normDomain(addr[i+1:])
 	}
 	return ""
+}
+
+// idnaLookup is the profile smtpd uses to look customer domains up.
+var idnaLookup = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.Transitional(false))
+
+// normDomain returns domain as customer domains are stored: lower case,
+// A-labels (xn--...), no trailing dot. A recipient may be logged as
+// info@bücher.example (SMTPUTF8) while the customer domain and the
+// queue's "domain" attribute are xn--bcher-kva.example; scoping and the
+// per-domain statistics compare the two.
+func normDomain(d string) string {
+	d = strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			if a, err := idnaLookup.ToASCII(d); err == nil && a != "" {
+				return a
+			}
+			break
+		}
+	}
+	return d
 }
 
 // pruneNow deletes data older than the retention.
