@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -200,6 +201,25 @@ type testEnv struct {
 	spool *fileSpool
 	rec   *recorder
 	reg   *prometheus.Registry
+	logs  *logBuffer // the transaction lines (info and up), as text
+}
+
+// logBuffer collects log output safely across goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func testDomains(ctx context.Context, d string) (bool, error) {
@@ -223,8 +243,13 @@ func newEnv(t testing.TB, mod func(*Config)) *testEnv {
 	}
 	e := &testEnv{t: t, spool: newFileSpool(t), rec: &recorder{rcptHard: map[string]*verdict.Verdict{}}, reg: prometheus.NewRegistry()}
 	runner := pipeline.NewRunner([]pipeline.Check{e.rec}, func(string) *policy.Policy { return policy.Default() }, 5*time.Second)
+	e.logs = &logBuffer{}
+	var logw io.Writer = e.logs
+	if os.Getenv("MOAT_TEST_LOG") == "1" {
+		logw = io.MultiWriter(e.logs, os.Stderr)
+	}
 	srv, err := New(cfg, Deps{Spool: e.spool, Domains: testDomains, Runner: runner, Metrics: e.reg,
-		Log: testLogger(t)})
+		Log: slog.New(slog.NewTextHandler(logw, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

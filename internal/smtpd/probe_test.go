@@ -1,8 +1,10 @@
 package smtpd
 
 import (
+	"moat.dev/moat/internal/verdict"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The response to HELO names the server and carries no enhanced code
@@ -100,5 +102,38 @@ func TestDotStuffedLineLength(t *testing.T) {
 		c.expect("DATA", "354 ")
 		// On the wire: ".." then the x's: the line is "." plus the x's.
 		c.expect(msg("dots", ".."+strings.Repeat("x", tc.xs-1)+"\r\n")+".", tc.want)
+	}
+}
+
+// A transaction whose every recipient was refused is logged with the
+// refusal as its reply (not the 221 of a QUIT that followed) and the
+// refused addresses, so that tracking finds it as rejected.
+func TestRefusedRecipientsLogged(t *testing.T) {
+	e := newEnv(t, nil)
+	e.rec.mu.Lock()
+	e.rec.rcptHard["nobody@customer.example"] = &verdict.Verdict{Action: verdict.Reject,
+		Reply: verdict.Reply{Code: 550, Enhanced: [3]int{5, 1, 1}, Text: "No such user"}}
+	e.rec.mu.Unlock()
+	c := e.dial().start()
+	c.expect("MAIL FROM:<a@sender.test>", "250 ")
+	c.expect("RCPT TO:<nobody@customer.example>", "550 5.1.1")
+	c.expect("RCPT TO:<x@elsewhere.test>", "550 5.7.1")
+	c.expect("QUIT", "221 ")
+	var line string
+	for range 100 {
+		for l := range strings.SplitSeq(e.logs.String(), "\n") {
+			if strings.Contains(l, `msg="smtp transaction"`) {
+				line = l
+			}
+		}
+		if line != "" {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range []string{`reply="550 5.7.1 Relaying denied"`, "refused_rcpts=2", "nobody@customer.example: 550 5.1.1 No such user", "x@elsewhere.test: 550 5.7.1"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("transaction line lacks %q:\n%s", want, line)
+		}
 	}
 }

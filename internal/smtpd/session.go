@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -57,8 +58,13 @@ type txnState struct {
 	eightBit bool
 	utf8     bool
 	refused  int
-	logged   bool
-	report   string // "spam" or "ham": a report to a learning address (ReportSink)
+	// refusals are the refused recipients with their replies (the first
+	// maxRefusals), logged with the transaction so that tracking finds
+	// them; lastRefusal is the last refusal's reply.
+	refusals    []string
+	lastRefusal string
+	logged      bool
+	report      string // "spam" or "ham": a report to a learning address (ReportSink)
 }
 
 var replyReportAlone = verdict.Reply{Code: 452, Enhanced: [3]int{4, 5, 3}, Text: "Send reports to the learning address in a message of their own"}
@@ -142,10 +148,19 @@ func (s *session) endTxn(outcome string) {
 	if t := s.txn; t != nil && !t.logged {
 		t.logged = true
 		s.srv.metrics.transactions.WithLabelValues(outcome).Inc()
-		s.logTxn(t, outcome, nil, 0, s.c.lastReply)
+		reply := s.c.lastReply
+		if len(t.t.Rcpts) == 0 && t.lastRefusal != "" {
+			// Every recipient was refused: that is how the transaction
+			// ended, whatever the client sent next (QUIT, RSET).
+			reply = t.lastRefusal
+		}
+		s.logTxn(t, outcome, nil, 0, reply)
 	}
 	s.txn = nil
 }
+
+// maxRefusals bounds the refused recipients logged per transaction.
+const maxRefusals = 20
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer s.recoverTo(&err, nil)
@@ -191,6 +206,16 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 		return s.fail("sequence", verdict.Reply{Code: 503, Enhanced: [3]int{5, 5, 1}, Text: "Need MAIL first"}, true)
 	}
 	pa := s.c.cmdAddr
+	defer func() {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			return
+		}
+		t.lastRefusal = fmt.Sprintf("%d %d.%d.%d %s", se.Code, se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2], se.Message)
+		if len(t.refusals) < maxRefusals {
+			t.refusals = append(t.refusals, pa.Addr.String()+": "+t.lastRefusal)
+		}
+	}()
 	if !t.utf8 && !isASCII(pa.Addr.Raw) {
 		t.refused++
 		return s.fail("smtputf8", verdict.Reply{Code: 553, Enhanced: [3]int{5, 6, 7}, Text: "Must declare SMTPUTF8 to send unicode address"}, true)
@@ -495,6 +520,9 @@ func (s *session) logTxn(t *txnState, outcome string, dec *policy.Decision, size
 		slog.String("outcome", outcome), slog.String("reply", reply),
 		slog.Duration("elapsed", time.Since(t.start).Round(time.Microsecond)),
 	)
+	if len(t.refusals) > 0 {
+		attrs = append(attrs, slog.Any("refused", t.refusals))
+	}
 	if dec != nil {
 		syms := make([]string, len(dec.Counted))
 		for i, sym := range dec.Counted {

@@ -132,7 +132,7 @@ func (b *builder) add(prefix string, a slog.Attr) {
 		// score=11, "relay: delivered" rcpts=1): keep them in Detail
 		// instead of dropping them with the unused txnInfo.
 		switch a.Key {
-		case "conn_id", "ip", "helo", "from", "rcpts", "symbols", "size", "score", "action", "reason":
+		case "conn_id", "ip", "helo", "from", "rcpts", "refused", "symbols", "size", "score", "action", "reason":
 			b.detailAttr("", slog.Attr{Key: a.Key, Value: v})
 			return
 		}
@@ -150,6 +150,13 @@ func (b *builder) add(prefix string, a slog.Attr) {
 		b.ti.from = s()
 	case "rcpts":
 		b.ti.rcpts = stringList(v, 1000)
+	case "refused": // "addr: reply" per refused recipient (smtpd)
+		for _, r := range stringList(v, 100) {
+			if addr, _, ok := strings.Cut(r, ": "); ok && strings.Contains(addr, "@") {
+				b.ti.refused = append(b.ti.refused, addr)
+			}
+		}
+		b.detailAttr("", slog.Attr{Key: a.Key, Value: v})
 	case "symbols":
 		b.ti.symbols = stringList(v, 200)
 	case "size":

@@ -105,6 +105,7 @@ type Event struct {
 type txnInfo struct {
 	connID, ip, helo, from string
 	rcpts, symbols         []string
+	refused                []string // recipients refused at RCPT (indexed too, to be found)
 	size                   int64
 	outcome, action        string
 	score                  float64
@@ -383,6 +384,9 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 		if e.txn != nil {
 			s.txn = e.txn
 			for _, r := range e.txn.rcpts {
+				addRcpt(r, "")
+			}
+			for _, r := range e.txn.refused {
 				addRcpt(r, "")
 			}
 		}

@@ -96,7 +96,8 @@ func testTrackerStore(t *testing.T, db *sql.DB, driver string) {
 	logSession(log, "Q1AAAA", time.Now())
 	// A transaction refused at RCPT: no queue ID, tracked under the conn.
 	log.With("conn_id", "cz9", "ip", "198.51.100.9").Info(TxnMessage, "queue_id", "", "helo", "bot", "from", "spam@bad.test",
-		"rcpts", []string{}, "refused_rcpts", 1, "size", 0, "outcome", "no_data", "reply", "550 5.1.1 <nobody@example.com>: no such user")
+		"rcpts", []string{}, "refused_rcpts", 1, "size", 0, "outcome", "no_data", "reply", "550 5.1.1 <nobody@example.com>: no such user",
+		"refused", []string{"nobody@example.com: 550 5.1.1 <nobody@example.com>: no such user"})
 	// A transaction rejected by policy.
 	log.With("conn_id", "c77", "ip", "198.51.100.10").Info(TxnMessage, "queue_id", "Q2BBBB", "from", "x@bad.test",
 		"rcpts", []string{"dave@example.com"}, "outcome", "rejected", "reply", "550 5.7.1 Message refused by policy",
@@ -161,8 +162,9 @@ func testTrackerStore(t *testing.T, db *sql.DB, driver string) {
 		want int
 	}{
 		"rcpt substring, case-insensitive": {Query{Rcpt: "BOB@EXAMPLE"}, 1},
-		"rcpt domain":                      {Query{Rcpt: "example.com"}, 2},
-		"rcpt no match":                    {Query{Rcpt: "nobody"}, 0},
+		"rcpt domain":                      {Query{Rcpt: "example.com"}, 3},
+		"refused rcpt found":               {Query{Rcpt: "nobody"}, 1},
+		"rcpt no match":                    {Query{Rcpt: "nobody-else"}, 0},
 		"rcpt like wildcard is literal":    {Query{Rcpt: "%"}, 0},
 		"from substring":                   {Query{From: "alice@sender"}, 1},
 		"client ip":                        {Query{ClientIP: "198.51.100.9"}, 1},
@@ -171,7 +173,7 @@ func testTrackerStore(t *testing.T, db *sql.DB, driver string) {
 		"until past":                       {Query{Until: time.Now().Add(-time.Hour)}, 0},
 		"all":                              {Query{}, 3},
 		"limit":                            {Query{Limit: 2}, 2},
-		"scoped to example.com":            {Query{Scoped: true, Domains: []string{"Example.com"}}, 2},
+		"scoped to example.com":            {Query{Scoped: true, Domains: []string{"Example.com"}}, 3},
 		"scoped to other.org":              {Query{Scoped: true, Domains: []string{"other.org"}}, 1},
 		"scoped to nothing":                {Query{Scoped: true}, 0},
 	} {
@@ -208,7 +210,7 @@ func testTrackerStore(t *testing.T, db *sql.DB, driver string) {
 	if st.Deliveries["delivered"] != 2 || st.Deliveries["deferred"] != 1 {
 		t.Errorf("deliveries = %v", st.Deliveries)
 	}
-	if got := fmt.Sprint(st.Reasons["example.com"]); got != "[{dnsbl 1}]" {
+	if got := fmt.Sprint(st.Reasons["example.com"]); got != "[{5.1.1 1} {dnsbl 1}]" { // the refused recipient counts for its domain
 		t.Errorf("reasons for example.com = %s (all: %v)", got, st.Reasons)
 	}
 	st, err = tr.Stats(ctx, StatsQuery{Since: time.Now().Add(-time.Hour), Bucket: time.Hour, Scoped: true, Domains: []string{"other.org"}})
