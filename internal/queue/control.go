@@ -325,7 +325,16 @@ func (q *Queue) pollControl() {
 		if err != nil {
 			resp = ctlResponse{Error: "bad request: " + err.Error()}
 		} else {
-			q.log.Info("queue: control request", "op", req.Op, "queue_id", req.ID, "domain", req.Domain)
+			// For enqueue, ID names the request's files, not a message:
+			// queue_id is only the message an operation acts on.
+			attrs := []any{"op", req.Op, "request_id", id}
+			if req.Op != "enqueue" && req.ID != "" {
+				attrs = append(attrs, "queue_id", req.ID)
+			}
+			if req.Domain != "" {
+				attrs = append(attrs, "domain", req.Domain)
+			}
+			q.log.Info("queue: control request", attrs...)
 			resp = q.exec(req)
 		}
 		out, _ := json.Marshal(resp)
