@@ -102,6 +102,13 @@ func New(ctx context.Context, cfg *config.Config) (a *App, err error) {
 	}
 	a.store = st
 	a.closers = append(a.closers, st)
+	// Nodes sharing a PostgreSQL store start one at a time: the components
+	// below create their tables.
+	release, err := st.StartupLock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	// Message tracking: every log line carrying a queue_id is indexed.
 	tr, err := tracking.New(ctx, cfg.Tracking, st.DB(), st.Driver(), a.log.With("component", "tracking"), a.reg)
 	if err != nil {

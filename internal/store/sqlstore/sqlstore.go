@@ -105,10 +105,56 @@ func Rebind(driver, q string) string {
 
 func (s *DB) q(query string) string { return Rebind(s.driver, query) }
 
+// migrateLockID is the PostgreSQL advisory lock that serializes migrate
+// between gateway nodes sharing one database and starting together
+// (concurrent CREATE TABLE IF NOT EXISTS of one table fails on PostgreSQL
+// with a unique violation in pg_type, and two nodes could both see a
+// migration as not applied yet).
+const migrateLockID = 0x6d6f617473746f // "moatsto"
+
+// startupLockID is the PostgreSQL advisory lock StartupLock takes.
+const startupLockID = 0x6d6f61747374 // "moatst"
+
+// StartupLock serializes the start of gateway nodes sharing one
+// PostgreSQL database: the components create their tables (tracking,
+// users, quarantine, tokens, greylist) with CREATE TABLE IF NOT EXISTS,
+// which fails on PostgreSQL when two nodes run it at the same moment. It
+// holds a session advisory lock on a connection of its own until release
+// is called; on SQLite (one process) it does nothing.
+func (s *DB) StartupLock(ctx context.Context) (release func(), err error) {
+	if s.driver != "postgres" {
+		return func() {}, nil
+	}
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: startup lock: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, int64(startupLockID)); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("store: startup lock: %w", err)
+	}
+	return func() {
+		conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock($1)`, int64(startupLockID))
+		conn.Close()
+	}, nil
+}
+
 // migrate applies the embedded migrations not yet applied, each in its own
-// transaction, recording them in schema_migrations.
+// transaction, recording them in schema_migrations. On PostgreSQL it holds
+// an advisory lock on one connection for the whole run.
 func (s *DB) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)`); err != nil {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	defer conn.Close()
+	if s.driver == "postgres" {
+		if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, int64(migrateLockID)); err != nil {
+			return fmt.Errorf("store: migrate: lock: %w", err)
+		}
+		defer conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock($1)`, int64(migrateLockID))
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)`); err != nil {
 		return fmt.Errorf("store: migrations table: %w", err)
 	}
 	names, err := fs.Glob(migrations, "migrations/*.sql")
@@ -123,7 +169,7 @@ func (s *DB) migrate(ctx context.Context) error {
 			return fmt.Errorf("store: migration %s: bad name", base)
 		}
 		var n int
-		if err := s.db.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
+		if err := conn.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), v).Scan(&n); err != nil {
 			return fmt.Errorf("store: migration %s: %w", base, err)
 		}
 		if n > 0 {
@@ -133,7 +179,7 @@ func (s *DB) migrate(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		tx, err := s.db.BeginTx(ctx, nil)
+		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return err
 		}

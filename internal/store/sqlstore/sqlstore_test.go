@@ -78,3 +78,53 @@ func TestParseBackend(t *testing.T) {
 		}
 	}
 }
+
+// TestPostgresConcurrentMigrate starts several stores against one empty
+// database at once, as gateway nodes sharing PostgreSQL do: every one must
+// open (no "duplicate key ... pg_type_typname_nsp_index" from concurrent
+// CREATE TABLE), and each migration must be recorded once.
+func TestPostgresConcurrentMigrate(t *testing.T) {
+	srv := pgtest.Open(t)
+	dsn := srv.Fresh(t, "moat_migrate_race")
+	ctx := context.Background()
+	const nodes = 6
+	errs := make(chan error, nodes)
+	stores := make(chan *DB, nodes)
+	start := make(chan struct{})
+	for i := 0; i < nodes; i++ {
+		go func() {
+			<-start
+			s, err := OpenPostgres(ctx, dsn)
+			if err == nil {
+				stores <- s
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for i := 0; i < nodes; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("node %d: %v", i, err)
+		}
+	}
+	close(stores)
+	var s *DB
+	for x := range stores {
+		if s == nil {
+			s = x
+			continue
+		}
+		x.Close()
+	}
+	if s == nil {
+		t.Fatal("no store opened")
+	}
+	defer s.Close()
+	var n int
+	if err := s.DB().QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Fatalf("schema_migrations has %d rows, want 1", n)
+	}
+}
