@@ -168,10 +168,9 @@ type replaceResult struct {
 }
 
 // replaceRecipients replaces the domain's table with the list in the body.
-// The whole list is validated first. New and changed entries are written
-// before old ones are removed, so an address on both lists is never
-// missing; the store has no transaction across calls, so a failure half
-// way leaves a mix (the answer is 500 and the call can be repeated).
+// The whole list is validated first, then written in one transaction
+// (store.ReplaceRecipients): a failure changes nothing, and of two
+// concurrent replacements one wins whole.
 func (a *API) replaceRecipients(w http.ResponseWriter, r *http.Request, p *principal) {
 	d, ok := a.pathDomain(w, r, p)
 	if !ok {
@@ -204,42 +203,16 @@ func (a *API) replaceRecipients(w http.ResponseWriter, r *http.Request, p *princ
 		want[rc.Local] = rc
 		order = append(order, rc.Local)
 	}
-	cur, err := a.st.Recipients(r.Context(), d.Name)
-	if err != nil {
-		a.internal(w, r, err)
-		return
-	}
-	have := make(map[string]store.Recipient, len(cur))
-	for _, rc := range cur {
-		have[rc.Local] = rc
+	list := make([]store.Recipient, 0, len(order))
+	for _, local := range order {
+		list = append(list, want[local])
 	}
 	var res replaceResult
 	res.Total = len(want)
-	for _, local := range order {
-		rc := want[local]
-		old, ok := have[local]
-		if ok && old.Kind == rc.Kind && old.Target == rc.Target {
-			continue
-		}
-		if err := a.st.PutRecipient(r.Context(), rc); err != nil {
-			a.internal(w, r, err)
-			return
-		}
-		if ok {
-			res.Updated++
-		} else {
-			res.Added++
-		}
-	}
-	for _, rc := range cur {
-		if _, keep := want[rc.Local]; keep {
-			continue
-		}
-		if err := a.st.DeleteRecipient(r.Context(), d.Name, rc.Local); err != nil && !errors.Is(err, store.ErrNotFound) {
-			a.internal(w, r, err)
-			return
-		}
-		res.Removed++
+	var err error
+	if res.Added, res.Updated, res.Removed, err = a.st.ReplaceRecipients(r.Context(), d.Name, list); err != nil {
+		a.internal(w, r, err)
+		return
 	}
 	a.audit(r, p, "recipients.replace", d.Name, fmt.Sprintf("total=%d added=%d updated=%d removed=%d", res.Total, res.Added, res.Updated, res.Removed))
 	writeJSON(w, http.StatusOK, res)

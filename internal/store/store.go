@@ -105,6 +105,10 @@ type Store interface {
 	Recipients(ctx context.Context, domain string) ([]Recipient, error)
 	PutRecipient(ctx context.Context, r Recipient) error
 	DeleteRecipient(ctx context.Context, domain, local string) error // ErrNotFound
+	// ReplaceRecipients makes list the domain's whole recipient table in
+	// one transaction (of two concurrent replacements, one wins whole),
+	// and counts what changed.
+	ReplaceRecipients(ctx context.Context, domain string, list []Recipient) (added, updated, removed int, err error)
 
 	// DB is the underlying database, for components that keep their own
 	// tables (classifier tokens, quarantine index, greylisting).

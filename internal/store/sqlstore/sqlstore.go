@@ -344,6 +344,76 @@ func (s *DB) PutRecipient(ctx context.Context, r store.Recipient) error {
 	return err
 }
 
+// ReplaceRecipients implements store.Store. The transaction writes
+// before it reads (PostgreSQL: locks the domain's row; SQLite: takes the
+// write lock), so concurrent replacements of one domain run one after
+// the other, never interleaved.
+func (s *DB) ReplaceRecipients(ctx context.Context, domain string, list []store.Recipient) (added, updated, removed int, err error) {
+	domain = normDomain(domain)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, s.q(`UPDATE domains SET name = name WHERE name = ?`), domain); err != nil {
+		return 0, 0, 0, err
+	}
+	rows, err := tx.QueryContext(ctx, s.q(`SELECT local, kind, target FROM recipients WHERE domain = ?`), domain)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	have := map[string]store.Recipient{}
+	for rows.Next() {
+		var r store.Recipient
+		if err := rows.Scan(&r.Local, &r.Kind, &r.Target); err != nil {
+			rows.Close()
+			return 0, 0, 0, err
+		}
+		have[r.Local] = r
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, 0, err
+	}
+	put := s.q(`INSERT INTO recipients (domain, local, kind, target) VALUES (?, ?, ?, ?)
+		ON CONFLICT (domain, local) DO UPDATE SET kind = excluded.kind, target = excluded.target`)
+	want := map[string]bool{}
+	for _, r := range list {
+		local := strings.ToLower(r.Local)
+		if local == "" {
+			return 0, 0, 0, errors.New("store: recipient local part is empty")
+		}
+		want[local] = true
+		kind := r.Kind
+		if kind == "" {
+			kind = "account"
+		}
+		old, ok := have[local]
+		if ok && old.Kind == kind && old.Target == r.Target {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, put, domain, local, kind, r.Target); err != nil {
+			return 0, 0, 0, err
+		}
+		if ok {
+			updated++
+		} else {
+			added++
+		}
+	}
+	del := s.q(`DELETE FROM recipients WHERE domain = ? AND local = ?`)
+	for local := range have {
+		if want[local] {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, del, domain, local); err != nil {
+			return 0, 0, 0, err
+		}
+		removed++
+	}
+	return added, updated, removed, tx.Commit()
+}
+
 func (s *DB) DeleteRecipient(ctx context.Context, domain, local string) error {
 	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM recipients WHERE domain = ? AND local = ?`), normDomain(domain), strings.ToLower(local))
 	if err != nil {

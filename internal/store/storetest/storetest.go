@@ -5,6 +5,8 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 
 	"moat.dev/moat/internal/store"
@@ -94,6 +96,62 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		}
 		if ok, _ := s.RecipientExists(ctx, "example.com", "alice"); ok {
 			t.Fatal("recipients survive their domain")
+		}
+	})
+	t.Run("ReplaceRecipients", func(t *testing.T) {
+		s := open(t)
+		if err := s.PutDomain(ctx, &store.Domain{Name: "example.com", RecipientMode: store.RecipientsTable}); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range []string{"alice", "bob"} {
+			if err := s.PutRecipient(ctx, store.Recipient{Domain: "example.com", Local: l}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a, u, r, err := s.ReplaceRecipients(ctx, "Example.com", []store.Recipient{{Local: "Alice"}, {Local: "bob", Kind: "alias", Target: "alice@example.com"}, {Local: "carol"}})
+		if err != nil || a != 1 || u != 1 || r != 0 {
+			t.Fatalf("replace: added %d updated %d removed %d, %v; want 1 1 0", a, u, r, err)
+		}
+		if _, _, r, err = s.ReplaceRecipients(ctx, "example.com", []store.Recipient{{Local: "carol"}}); err != nil || r != 2 {
+			t.Fatalf("replace to one: removed %d, %v; want 2", r, err)
+		}
+		// Concurrent replacements: one list wins whole, never a mixture.
+		lists := make([][]store.Recipient, 2)
+		for i, p := range []string{"x", "y"} {
+			for j := range 40 {
+				lists[i] = append(lists[i], store.Recipient{Local: fmt.Sprintf("%s%02d", p, j)})
+			}
+		}
+		for round := range 3 {
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i := range lists {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, _, _, errs[i] = s.ReplaceRecipients(ctx, "example.com", lists[i])
+				}()
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			got, err := s.Recipients(ctx, "example.com")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var x, y int
+			for _, r := range got {
+				switch r.Local[0] {
+				case 'x':
+					x++
+				case 'y':
+					y++
+				}
+			}
+			if len(got) != 40 || (x != 40 && y != 40) {
+				t.Fatalf("round %d: %d recipients (%d x, %d y), want one whole list", round, len(got), x, y)
+			}
 		}
 	})
 }
