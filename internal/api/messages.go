@@ -95,12 +95,7 @@ func (a *API) trackingQuery(r *http.Request) (tracking.Query, error) {
 	return q, nil
 }
 
-func domainOf(addr string) string {
-	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
-		return strings.ToLower(strings.Trim(addr[i+1:], "<>"))
-	}
-	return ""
-}
+func domainOf(addr string) string { return tracking.DomainOf(addr) }
 
 // redactMessage drops other tenants' recipients and their delivery events.
 func redactMessage(m tracking.Message, scoped bool, set map[string]bool) tracking.Message {

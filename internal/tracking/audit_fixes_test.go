@@ -97,3 +97,19 @@ func TestQueueIDAnyCase(t *testing.T) {
 		}
 	}
 }
+
+// TestDomainOf: the API and the web UI scope tracked messages with
+// DomainOf, so an IDN recipient's domain compares as the customer
+// domain is stored (A-labels, lower case).
+func TestDomainOf(t *testing.T) {
+	for addr, want := range map[string]string{
+		"info@Bücher.example":           "xn--bcher-kva.example",
+		"<Bob@Example.COM>":             "example.com",
+		" carol@xn--bcher-kva.example ": "xn--bcher-kva.example",
+		"no-at-sign":                    "",
+	} {
+		if got := DomainOf(addr); got != want {
+			t.Errorf("DomainOf(%q) = %q, want %q", addr, got, want)
+		}
+	}
+}

@@ -415,8 +415,13 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 	return tx.Commit()
 }
 
+// DomainOf is the customer domain of an address as tracking indexes it
+// (normDomain): callers that scope tracked messages by domain compare
+// the same spelling.
+func DomainOf(addr string) string { return domainOf(addr) }
+
 func domainOf(addr string) string {
-	addr = strings.Trim(addr, "<>")
+	addr = strings.Trim(addr, "<> ")
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
 		return normDomain(addr[i+1:])
 	}

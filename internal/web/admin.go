@@ -507,13 +507,7 @@ func (s *server) trackingMessage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, http.StatusOK, "track", page{Title: "Message " + m.QueueID, Data: d})
 }
 
-func domainOfAddr(a string) string {
-	a = strings.Trim(a, "<> ")
-	if i := strings.LastIndexByte(a, '@'); i >= 0 {
-		return strings.ToLower(a[i+1:])
-	}
-	return ""
-}
+func domainOfAddr(a string) string { return tracking.DomainOf(a) }
 
 // ---- Statistics ----
 
