@@ -95,14 +95,12 @@ func (a *API) trackingQuery(r *http.Request) (tracking.Query, error) {
 	return q, nil
 }
 
-func domainOf(addr string) string { return tracking.DomainOf(addr) }
-
 // redactMessage drops other tenants' recipients and their delivery events.
 func redactMessage(m tracking.Message, scoped bool, set map[string]bool) tracking.Message {
 	if !scoped {
 		return m
 	}
-	keep := func(rcpt string) bool { return set[domainOf(rcpt)] }
+	keep := func(rcpt string) bool { return set[tracking.DomainOf(rcpt)] }
 	m.Rcpts = slices.DeleteFunc(slices.Clone(m.Rcpts), func(s string) bool { return !keep(s) })
 	m.Deliveries = slices.DeleteFunc(slices.Clone(m.Deliveries), func(e tracking.Event) bool { return !keep(e.Rcpt) })
 	m.Status = slices.DeleteFunc(slices.Clone(m.Status), func(s tracking.RcptStatus) bool { return !keep(s.Rcpt) })
@@ -142,7 +140,7 @@ func (a *API) getMessage(w http.ResponseWriter, r *http.Request, p *principal) {
 	set := toSet(domains)
 	if scoped {
 		evs = slices.DeleteFunc(evs, func(e tracking.Event) bool {
-			return (e.Rcpt != "" && !set[domainOf(e.Rcpt)]) || (e.Domain != "" && !set[e.Domain])
+			return (e.Rcpt != "" && !set[tracking.DomainOf(e.Rcpt)]) || (e.Domain != "" && !set[e.Domain])
 		})
 	}
 	writeJSON(w, http.StatusOK, messageDetail{Message: redactMessage(*m, scoped, set), Events: evs})

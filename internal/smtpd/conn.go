@@ -509,15 +509,6 @@ func esmtpKeyword(k string) bool {
 	return true
 }
 
-func hasHighBit(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return true
-		}
-	}
-	return false
-}
-
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {
@@ -634,13 +625,12 @@ func (c *sconn) scan(buf []byte) (int, bool) {
 		b := buf[i]
 		if st == sData && b > '\r' {
 			// Fast path: ordinary text in the middle of a line.
-			j := i + 1
+			j, or := i+1, b
 			for j < len(buf) && buf[j] > '\r' {
+				or |= buf[j]
 				j++
 			}
-			if !f.eightBit {
-				f.eightBit = hasHighBit(buf[i:j])
-			}
+			f.eightBit = f.eightBit || or >= 0x80
 			if prevCR {
 				f.bareCR = true
 			}

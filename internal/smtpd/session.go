@@ -377,6 +377,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	}
 	bufPool.Put(bp)
 	s.srv.metrics.bytes.Add(float64(size))
+	nhops := hops(hdr)
 	switch {
 	case rerr != nil:
 		abort()
@@ -408,9 +409,9 @@ func (s *session) Data(r io.Reader) (err error) {
 	case hdrTooBig:
 		abort()
 		return s.finish(t, nil, "rejected", "header_size", replyHeaderTooBig, size)
-	case hops(hdr) > s.srv.cfg.MaxHops:
+	case nhops > s.srv.cfg.MaxHops:
 		abort()
-		t.t.Log.Warn("mail loop: too many Received fields", "hops", hops(hdr), "max_hops", s.srv.cfg.MaxHops)
+		t.t.Log.Warn("mail loop: too many Received fields", "hops", nhops, "max_hops", s.srv.cfg.MaxHops)
 		return s.finish(t, nil, "rejected", "loop", replyLoop, size)
 	}
 

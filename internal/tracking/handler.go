@@ -246,7 +246,7 @@ func (b *builder) finish() *Event {
 		}
 	}
 	if e.Domain == "" && e.Rcpt != "" {
-		e.Domain = domainOf(e.Rcpt)
+		e.Domain = DomainOf(e.Rcpt)
 	}
 	return e
 }

@@ -374,7 +374,7 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 				return
 			}
 			if domain == "" {
-				domain = domainOf(addr)
+				domain = DomainOf(addr)
 			}
 			if _, ok := s.rcpts[addr]; !ok {
 				s.order = append(s.order, addr)
@@ -418,9 +418,7 @@ func (t *Tracker) writeTx(ctx context.Context, batch []*Event) error {
 // DomainOf is the customer domain of an address as tracking indexes it
 // (normDomain): callers that scope tracked messages by domain compare
 // the same spelling.
-func DomainOf(addr string) string { return domainOf(addr) }
-
-func domainOf(addr string) string {
+func DomainOf(addr string) string {
 	addr = strings.Trim(addr, "<> ")
 	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
 		return normDomain(addr[i+1:])

@@ -426,8 +426,8 @@ func (s *server) trackingSearch(w http.ResponseWriter, r *http.Request) {
 			needle := strings.ToLower(tq.Rcpt)
 			for i := range d.Results {
 				m := &d.Results[i]
-				m.Rcpts = slices.DeleteFunc(m.Rcpts, func(a string) bool { return !sc.allows(domainOfAddr(a)) })
-				m.Status = slices.DeleteFunc(m.Status, func(st tracking.RcptStatus) bool { return !sc.allows(domainOfAddr(st.Rcpt)) })
+				m.Rcpts = slices.DeleteFunc(m.Rcpts, func(a string) bool { return !sc.allows(tracking.DomainOf(a)) })
+				m.Status = slices.DeleteFunc(m.Status, func(st tracking.RcptStatus) bool { return !sc.allows(tracking.DomainOf(st.Rcpt)) })
 			}
 			d.Results = slices.DeleteFunc(d.Results, func(m tracking.Message) bool {
 				return !slices.ContainsFunc(m.Rcpts, func(a string) bool { return strings.Contains(strings.ToLower(a), needle) })
@@ -481,7 +481,7 @@ func (s *server) trackingMessage(w http.ResponseWriter, r *http.Request) {
 		// failed", naming that domain's backend) is hidden too; events
 		// about neither (the SMTP transaction) are the message's own.
 		if !sc.all && (e.Rcpt != "" || e.Domain != "") &&
-			!(e.Rcpt != "" && sc.allows(domainOfAddr(e.Rcpt))) && !(e.Domain != "" && sc.allows(e.Domain)) {
+			!(e.Rcpt != "" && sc.allows(tracking.DomainOf(e.Rcpt))) && !(e.Domain != "" && sc.allows(e.Domain)) {
 			continue
 		}
 		t := tlEntry{Time: e.Time, Kind: "log", Title: e.Msg, Rcpt: e.Rcpt, Host: e.Host, Reply: e.Reply, Detail: e.Detail}
@@ -501,13 +501,11 @@ func (s *server) trackingMessage(w http.ResponseWriter, r *http.Request) {
 		d.Timeline = append(d.Timeline, t)
 	}
 	if !sc.all {
-		m.Rcpts = slices.DeleteFunc(m.Rcpts, func(a string) bool { return !sc.allows(domainOfAddr(a)) })
-		m.Status = slices.DeleteFunc(m.Status, func(st tracking.RcptStatus) bool { return !sc.allows(domainOfAddr(st.Rcpt)) })
+		m.Rcpts = slices.DeleteFunc(m.Rcpts, func(a string) bool { return !sc.allows(tracking.DomainOf(a)) })
+		m.Status = slices.DeleteFunc(m.Status, func(st tracking.RcptStatus) bool { return !sc.allows(tracking.DomainOf(st.Rcpt)) })
 	}
 	s.render(w, r, http.StatusOK, "track", page{Title: "Message " + m.QueueID, Data: d})
 }
-
-func domainOfAddr(a string) string { return tracking.DomainOf(a) }
 
 // ---- Statistics ----
 

@@ -172,7 +172,7 @@ func logTraffic(log *slog.Logger) {
 		if outcome != "delivered" {
 			lvl = slog.LevelWarn
 		}
-		log.With("queue_id", qid, "domain", domainOfAddr(rcpt)).Log(context.Background(), lvl, "queue: "+outcome,
+		log.With("queue_id", qid, "domain", tracking.DomainOf(rcpt)).Log(context.Background(), lvl, "queue: "+outcome,
 			"rcpt", rcpt, "reply", reply, "host", host, "attempts", 1)
 	}
 	txn("QA1REJ", "198.51.100.1", "spammer@bad.test", []string{"user@a.example"}, "rejected", "550 5.7.1 Message refused by policy",
